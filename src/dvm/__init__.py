@@ -1,0 +1,1 @@
+"""The compiler: a defining SELECT and catalog facts in, delta SQL out. Pure: no connections."""

@@ -1,0 +1,1 @@
+"""The service: change capture from the WAL, change buffers, catalog, CLI."""
