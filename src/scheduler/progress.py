@@ -1,0 +1,82 @@
+"""Whether stream tables have caught up with a WAL position: what `pgtrickle wait` waits for.
+
+A stream table has caught up with L when the reader has buffered everything through L and no
+buffered change committed at or before L belongs to a transaction its frontier does not see.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from scheduler.refresh import settled_lsn, wal_segment_size
+from walstream.capture import load_sources
+from walstream.catalog import StreamTable, list_stream_tables
+from walstream.errors import WaitTimeout
+from walstream.position import SlotPosition
+from walstream.replication import format_lsn, parse_lsn
+
+
+def behind(conn: psycopg.Connection[Any], st: StreamTable, lsn: int) -> bool:
+    """True when a change committed at or before ``lsn`` is not yet in the stream table."""
+    if st.frontier is None:
+        return True
+    if st.frontier_lsn is not None and parse_lsn(st.frontier_lsn) >= lsn:
+        return False
+    sources = load_sources(conn)
+    for oid in st.source_oids:
+        source = sources.get(oid)
+        if source is None:
+            continue
+        row = conn.execute(
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM {} b WHERE b.lsn <= %s::pg_lsn"
+                " AND b.xid >= pg_snapshot_xmin(%s::pg_snapshot)"
+                " AND NOT pg_visible_in_snapshot(b.xid, %s::pg_snapshot))"
+            ).format(source.buffer),
+            (format_lsn(lsn), st.frontier, st.frontier),
+        ).fetchone()
+        if row and row[0]:
+            return True
+    return False
+
+
+def wait_caught_up(dsn: str, timeout: float, poll: float = 0.02) -> list[StreamTable]:
+    """Block until every stream table reflects every change committed before the call."""
+    deadline = time.monotonic() + timeout
+    position = SlotPosition(dsn)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            assert row is not None
+            target = settled_lsn(parse_lsn(row[0]), wal_segment_size(conn))
+            next_nudge = 0.0
+            while True:
+                current, _active = position.current()
+                tables = list_stream_tables(conn)
+                if current >= target:
+                    lagging = [st for st in tables if behind(conn, st, target)]
+                    if not lagging:
+                        return tables
+                else:
+                    lagging = tables
+                    if time.monotonic() >= next_nudge:
+                        # a flushed commit past the target, for a walsender that waits
+                        conn.execute("SELECT pg_logical_emit_message(true, 'pgtrickle', '')")
+                        next_nudge = time.monotonic() + 0.5
+                if time.monotonic() > deadline:
+                    names = ", ".join(st.display_name for st in lagging) or "(the reader)"
+                    raise WaitTimeout(
+                        f"stream tables did not catch up within {timeout:g} s",
+                        detail=(
+                            f"behind WAL position {format_lsn(target)}: {names}; "
+                            f"the reader has buffered up to {format_lsn(current)}"
+                        ),
+                        hint="is `pgtrickle run` running? `pgtrickle status` shows errors",
+                    )
+                time.sleep(poll)
+    finally:
+        position.close()

@@ -1,0 +1,192 @@
+"""What is captured: the slot, the publication, and each source's change buffer.
+
+A source is a table some stream table reads. Capturing it means, in this order: its replica
+identity becomes FULL (UPDATE and DELETE then carry the whole old row, which deltas need, and a
+published table without an identity would make the user's own UPDATE and DELETE fail), its
+change buffer is created, and it joins the publication. A stream table that reads it may be
+populated only at a snapshot taken after every transaction that was running when it joined
+had finished: older transactions were not published, and must be visible in that snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from dvm.catalog import SourceTable
+
+SLOT_NAME = "pgtrickle"
+PUBLICATION_NAME = "pgtrickle"
+BUFFER_SCHEMA = "pgtrickle_changes"
+
+
+@dataclass(frozen=True)
+class CapturedSource:
+    """A row of ``pgtrickle.sources``: a captured table and the layout of its buffer."""
+
+    oid: int
+    schema: str
+    name: str
+    buffer_table: str
+    columns: tuple[str, ...]
+    column_types: tuple[str, ...]
+
+    @property
+    def buffer(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(
+            sql.Identifier(BUFFER_SCHEMA), sql.Identifier(self.buffer_table)
+        )
+
+    @property
+    def qualified_name(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.name))
+
+
+def buffer_table_name(oid: int) -> str:
+    return f"changes_{oid}"
+
+
+def buffer_columns(n_columns: int) -> list[str]:
+    """The buffer's value columns: old values ``o1..oN``, then new values ``n1..nN``.
+
+    Positional names keep buffers independent of the length and spelling of the source's
+    column names; ``pgtrickle.sources.columns`` maps positions back to names.
+    """
+    return [f"o{i}" for i in range(1, n_columns + 1)] + [
+        f"n{i}" for i in range(1, n_columns + 1)
+    ]
+
+
+def load_sources(conn: psycopg.Connection[object]) -> dict[int, CapturedSource]:
+    rows = conn.execute(
+        "SELECT source_oid, schema_name, name, buffer_table, columns, column_types"
+        " FROM pgtrickle.sources"
+    ).fetchall()
+    return {
+        int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))  # type: ignore[call-overload]
+        for r in rows
+    }
+
+
+def ensure_publication(conn: psycopg.Connection[object]) -> None:
+    exists = conn.execute(
+        "SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION_NAME,)
+    ).fetchone()
+    if not exists:
+        conn.execute(
+            sql.SQL("CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')")
+            .format(sql.Identifier(PUBLICATION_NAME))
+        )
+
+
+def capture_source(conn: psycopg.Connection[object], table: SourceTable) -> CapturedSource:
+    """Start capturing ``table`` (inside the caller's transaction); idempotent."""
+    existing = load_sources(conn).get(table.oid)
+    if existing is not None:
+        return existing
+    target = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
+    row = conn.execute(
+        "SELECT relreplident FROM pg_class WHERE oid = %s", (table.oid,)
+    ).fetchone()
+    assert row is not None
+    original_identity = row[0]
+    if original_identity != "f":
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target))
+    source = CapturedSource(
+        oid=table.oid,
+        schema=table.schema,
+        name=table.name,
+        buffer_table=buffer_table_name(table.oid),
+        columns=tuple(c.name for c in table.columns),
+        column_types=tuple(c.type for c in table.columns),
+    )
+    value_columns = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(col_type))
+        for name, col_type in zip(
+            buffer_columns(len(source.columns)), source.column_types * 2, strict=True
+        )
+    ]
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, action \"char\" NOT NULL, {})"
+        ).format(source.buffer, sql.SQL(", ").join(value_columns))
+    )
+    conn.execute(sql.SQL("CREATE INDEX ON {} (xid)").format(source.buffer))
+    conn.execute(
+        "INSERT INTO pgtrickle.sources (source_oid, schema_name, name, buffer_table, columns,"
+        " column_types, original_replica_identity) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            source.oid,
+            source.schema,
+            source.name,
+            source.buffer_table,
+            list(source.columns),
+            list(source.column_types),
+            original_identity,
+        ),
+    )
+    ensure_publication(conn)
+    conn.execute(
+        sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(PUBLICATION_NAME), target
+        )
+    )
+    return source
+
+
+def release_source(conn: psycopg.Connection[object], source: CapturedSource) -> None:
+    """Stop capturing a source no stream table reads any more (inside the caller's transaction)."""
+    row = conn.execute(
+        "SELECT original_replica_identity FROM pgtrickle.sources WHERE source_oid = %s",
+        (source.oid,),
+    ).fetchone()
+    still_exists = conn.execute(
+        "SELECT 1 FROM pg_class WHERE oid = %s", (source.oid,)
+    ).fetchone()
+    if still_exists:
+        published = conn.execute(
+            "SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid"
+            " WHERE p.pubname = %s AND pr.prrelid = %s",
+            (PUBLICATION_NAME, source.oid),
+        ).fetchone()
+        if published:
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                    sql.Identifier(PUBLICATION_NAME), source.qualified_name
+                )
+            )
+        identity = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL"}.get(row[0] if row else "f")
+        if identity:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
+                    source.qualified_name, sql.SQL(identity)
+                )
+            )
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(source.buffer))
+    conn.execute("DELETE FROM pgtrickle.sources WHERE source_oid = %s", (source.oid,))
+
+
+def wait_for_older_transactions(conn: psycopg.Connection[object], timeout: float = 600) -> None:
+    """Block until every transaction running now has ended.
+
+    Called after a source joined the publication (and that commit is done): a snapshot taken
+    afterwards sees every change that was not published.
+    """
+    row = conn.execute(
+        "SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+    ).fetchone()
+    running = [x for x in (row[0] if row and row[0] else [])]
+    deadline = time.monotonic() + timeout
+    while running:
+        states = conn.execute(
+            "SELECT x, pg_xact_status(x::xid8) FROM unnest(%s::text[]) x", (running,)
+        ).fetchall()
+        running = [x for x, state in states if state == "in progress"]
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"transactions {running} are still running")
+        time.sleep(0.02)

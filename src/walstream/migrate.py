@@ -1,0 +1,122 @@
+"""Applies the numbered SQL files of ``migrations/`` to a database's ``pgtrickle`` catalog.
+
+Each pending migration runs once, in order, in its own transaction together with the row that
+records it; concurrent runners serialize on an advisory lock. A catalog that records a
+migration this code does not know is newer than the code, and is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from walstream.errors import CatalogTooNew, PgTrickleError
+
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# pg_advisory_xact_lock keys: a fixed class for pgtrickle, and one key per purpose
+LOCK_CLASS = 0x7067_7472  # "pgtr"
+MIGRATION_LOCK = 1
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def sql(self) -> str:
+        return self.path.read_text()
+
+
+def migrations_dir() -> Path:
+    explicit = os.environ.get("PGTRICKLE_MIGRATIONS")
+    return Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "migrations"
+
+
+def known_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise PgTrickleError(
+                f"migration file {path.name} is not named NNNN_name.sql",
+                detail=f"in {directory}",
+                hint="rename it, e.g. 0002_add_fuse.sql",
+            )
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise PgTrickleError(f"two migrations share a version number in {directory}")
+    return found
+
+
+def applied_versions(conn: psycopg.Connection[object]) -> list[int]:
+    exists = conn.execute("SELECT to_regclass('pgtrickle.schema_migrations') IS NOT NULL")
+    row = exists.fetchone()
+    if not row or not row[0]:
+        return []
+    rows = conn.execute("SELECT version FROM pgtrickle.schema_migrations ORDER BY version")
+    return [int(r[0]) for r in rows.fetchall()]
+
+
+def migrate(dsn: str, directory: Path | None = None) -> list[Migration]:
+    """Bring the catalog up to date; returns the migrations that were applied now."""
+    known = known_migrations(directory)
+    applied_now: list[Migration] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
+            _check_not_newer(applied_versions(conn), known)
+        for migration in known:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK)
+                )
+                if migration.version in applied_versions(conn):
+                    continue
+                conn.execute(
+                    "CREATE SCHEMA IF NOT EXISTS pgtrickle;"
+                    " CREATE TABLE IF NOT EXISTS pgtrickle.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                conn.execute(migration.sql().encode())
+                conn.execute(
+                    "INSERT INTO pgtrickle.schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                applied_now.append(migration)
+    return applied_now
+
+
+def check_current(conn: psycopg.Connection[object]) -> None:
+    """Refuse to work on a catalog that is missing, behind, or ahead of this code."""
+    known = known_migrations()
+    applied = applied_versions(conn)
+    _check_not_newer(applied, known)
+    missing = [m.version for m in known if m.version not in applied]
+    if missing:
+        raise PgTrickleError(
+            "the pgtrickle catalog is not up to date",
+            detail=f"migrations not applied: {', '.join(map(str, missing))}",
+            hint="run `pgtrickle apply` (or `pgtrickle migrate`) against this database first",
+        )
+
+
+def _check_not_newer(applied: list[int], known: list[Migration]) -> None:
+    newest_known = max((m.version for m in known), default=0)
+    unknown = [v for v in applied if v > newest_known]
+    if unknown:
+        raise CatalogTooNew(
+            "the pgtrickle catalog is newer than this version of pgtrickle",
+            detail=(
+                f"the database records migration {max(unknown)}; "
+                f"this code knows migrations up to {newest_known}"
+            ),
+            hint="upgrade pgtrickle to the version that created this catalog",
+        )

@@ -1,0 +1,53 @@
+"""How far the change reader has buffered, seen from a process that is not the daemon.
+
+The reader confirms the slot exactly to its position, so the slot's ``confirmed_flush_lsn``
+is that position for everyone. When no reader holds the slot (no daemon runs), the caller
+runs one itself until it has caught up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from walstream.capture import SLOT_NAME
+from walstream.reader import ChangeReader
+from walstream.replication import parse_lsn
+
+
+class SlotPosition:
+    def __init__(self, dsn: str, slot: str = SLOT_NAME) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.conn = psycopg.connect(dsn, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def current(self) -> tuple[int, bool]:
+        """(confirmed position, whether a reader is streaming from the slot)."""
+        row = self.conn.execute(
+            "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (self.slot,),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return 0, False
+        return parse_lsn(row[0]), bool(row[1])
+
+    def wait_for(self, lsn: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            position, active = self.current()
+            if position >= lsn:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not active:
+                # nobody reads the slot: read it here, just far enough
+                if ChangeReader(self.dsn, slot=self.slot).run_until(lsn, remaining):
+                    return True
+                continue
+            time.sleep(min(0.002, remaining))

@@ -1,0 +1,322 @@
+"""The change reader: decodes the slot's stream and writes change buffers.
+
+Committed source transactions arrive whole (pgoutput protocol 1 sends a transaction at its
+commit, and never an aborted one). Their rows are written to the buffers with COPY in batches,
+together with ``reader_state.buffered_lsn`` (the commit end of the last transaction in the
+batch) in one synchronous commit; only then is the slot confirmed to that position. After a
+crash the slot sends again what was not confirmed, and transactions ending at or before
+``buffered_lsn`` are skipped: nothing lost, nothing buffered twice.
+
+``position`` is how far the reader has decoded and buffered: every transaction whose commit
+ends at or before it is in the buffers. It advances with each written batch and, when nothing
+is pending, with the WAL end of keepalives, which is what a refresh waits on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from walstream.capture import PUBLICATION_NAME, SLOT_NAME, CapturedSource, buffer_columns
+from walstream.capture import load_sources as load_captured_sources
+from walstream.pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    Update,
+    decode,
+)
+from walstream.replication import Keepalive, ReplicationStream, XLogData, format_lsn, parse_lsn
+
+log = structlog.get_logger("pgtrickle.reader")
+
+BATCH_ROWS = 50_000
+BATCH_SECONDS = 0.02
+STATUS_INTERVAL = 10.0
+XID_EPOCH = 1 << 32
+
+Row = tuple[str | None, ...]
+
+
+@dataclass
+class _Transaction:
+    xid: int
+    rows: dict[int, list[tuple[str, Row]]] = field(default_factory=dict)
+
+    def add(self, oid: int, action: str, values: Row) -> None:
+        self.rows.setdefault(oid, []).append((action, values))
+
+
+@dataclass
+class _Batch:
+    transactions: list[tuple[_Transaction, int]] = field(default_factory=list)
+    end_lsn: int = 0
+    n_rows: int = 0
+    started: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.transactions)
+
+
+def widen_xid(xid32: int, next_full_xid: int) -> int:
+    """The xid8 of a committed transaction, from its 32-bit xid and the next full xid.
+
+    The transaction began before ``next_full_xid`` was read, so it is the newest full xid at
+    or below it whose low 32 bits are ``xid32``: this is what survives an epoch wrap.
+
+    >>> widen_xid(5, (2 << 32) + 10), widen_xid(4_000_000_000, (2 << 32) + 10) - (1 << 32)
+    (8589934597, 4000000000)
+    """
+    candidate = (next_full_xid & ~(XID_EPOCH - 1)) | xid32
+    if candidate >= next_full_xid:
+        candidate -= XID_EPOCH
+    return candidate
+
+
+class ChangeReader:
+    """Runs the replication stream into the change buffers until stopped."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        slot: str = SLOT_NAME,
+        publication: str = PUBLICATION_NAME,
+        on_buffered: Callable[[set[int], int], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.publication = publication
+        self.on_buffered = on_buffered
+        self._position = 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._relations: dict[int, Relation] = {}
+        self._sources: dict[int, CapturedSource] = {}
+        self.truncated: set[int] = set()
+        self.connected = threading.Event()
+
+    # -- position, for refreshes waiting on it ------------------------------------------
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def wait_for(self, lsn: int, timeout: float) -> bool:
+        """Block until ``position >= lsn``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._position < lsn:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def _advance(self, lsn: int) -> None:
+        if lsn > self._position:
+            with self._changed:
+                self._position = lsn
+                self._changed.notify_all()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def run(self) -> None:
+        """Read until ``stop()``; reconnects with backoff when the server goes away."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._run_once()
+                backoff = 0.1
+            except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
+                self.connected.clear()
+                log.warning("reader connection lost; reconnecting", error=str(exc).strip())
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                self.connected.clear()
+                if type(exc).__name__ == "ReplicationError":
+                    log.warning("replication stream ended; reconnecting", error=str(exc))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                raise
+
+    def run_until(self, lsn: int, timeout: float) -> bool:
+        """Buffer everything up to ``lsn`` and return (a refresh with no daemon running)."""
+        thread = threading.Thread(target=self.run, name="pgtrickle-reader", daemon=True)
+        thread.start()
+        try:
+            return self.wait_for(lsn, timeout)
+        finally:
+            self.stop()
+            thread.join()
+
+    def _run_once(self) -> None:
+        with psycopg.connect(self.dsn) as writer:
+            writer.execute("SET synchronous_commit = on")
+            writer.commit()
+            buffered = self._load_state(writer)
+            self._advance(buffered)
+            with ReplicationStream(self.dsn, self.slot, self.publication) as stream:
+                self.connected.set()
+                self._stream(stream, writer, buffered)
+
+    def _load_state(self, writer: psycopg.Connection[object]) -> int:
+        self._sources = load_captured_sources(writer)
+        row = writer.execute(
+            "SELECT buffered_lsn::text FROM pgtrickle.reader_state WHERE slot_name = %s",
+            (self.slot,),
+        ).fetchone()
+        writer.commit()
+        return parse_lsn(row[0]) if row else 0
+
+    def _stream(
+        self, stream: ReplicationStream, writer: psycopg.Connection[object], buffered: int
+    ) -> None:
+        txn: _Transaction | None = None
+        batch = _Batch()
+        last_status = time.monotonic()
+        confirmed = 0
+        while not self._stop.is_set():
+            message = stream.read(0.0 if batch else 0.1)
+            if message is None:
+                if batch:
+                    self._write(writer, batch)
+                    batch = _Batch()
+                    stream.send_status(self._position)
+                    confirmed = self._position
+                if time.monotonic() - last_status > STATUS_INTERVAL:
+                    stream.send_status(confirmed)
+                    last_status = time.monotonic()
+                continue
+            if isinstance(message, Keepalive):
+                if txn is None and not batch:
+                    self._advance(message.wal_end)
+                if self._position > confirmed or message.reply_requested:
+                    # position never includes an unwritten batch: always safe to confirm
+                    stream.send_status(self._position)
+                    confirmed = self._position
+                    last_status = time.monotonic()
+                continue
+            assert isinstance(message, XLogData)
+            decoded = decode(message.payload)
+            if isinstance(decoded, Begin):
+                txn = _Transaction(decoded.xid)
+            elif isinstance(decoded, Commit):
+                assert txn is not None
+                if decoded.end_lsn <= buffered:
+                    pass  # sent again after a restart; already in the buffers
+                elif txn.rows:
+                    if not batch:
+                        batch.started = time.monotonic()
+                    batch.transactions.append((txn, decoded.end_lsn))
+                    batch.n_rows += sum(len(r) for r in txn.rows.values())
+                    batch.end_lsn = decoded.end_lsn
+                elif not batch:
+                    # nothing for us in it (our own writes, a flush nudge): no need to write
+                    self._advance(decoded.end_lsn)
+                else:
+                    batch.end_lsn = decoded.end_lsn
+                txn = None
+                if batch and (
+                    batch.n_rows >= BATCH_ROWS
+                    or time.monotonic() - batch.started >= BATCH_SECONDS
+                ):
+                    self._write(writer, batch)
+                    batch = _Batch()
+                    stream.send_status(self._position)
+                    confirmed = self._position
+            elif txn is not None:
+                self._collect(txn, decoded)
+            elif isinstance(decoded, Relation):
+                self._relations[decoded.oid] = decoded
+
+    def _collect(self, txn: _Transaction, message: object) -> None:
+        if isinstance(message, Relation):
+            self._relations[message.oid] = message
+            return
+        if isinstance(message, Insert):
+            source = self._source(message.relation_oid)
+            if source:
+                txn.add(source.oid, "I", (None,) * len(source.columns) + self._values(message.new, None))
+        elif isinstance(message, Update):
+            source = self._source(message.relation_oid)
+            if source:
+                old = self._values(message.old or message.key or (), None)
+                txn.add(source.oid, "U", old + self._values(message.new, old))
+        elif isinstance(message, Delete):
+            source = self._source(message.relation_oid)
+            if source:
+                old = self._values(message.old or message.key or (), None)
+                txn.add(source.oid, "D", old + (None,) * len(source.columns))
+        elif isinstance(message, Truncate):
+            for oid in message.relation_oids:
+                source = self._source(oid)
+                if source:
+                    txn.add(source.oid, "T", (None,) * (2 * len(source.columns)))
+
+    def _source(self, oid: int) -> CapturedSource | None:
+        source = self._sources.get(oid)
+        if source is None:
+            # joined the publication after this reader loaded the sources
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                self._sources = load_captured_sources(conn)
+            source = self._sources.get(oid)
+        return source
+
+    @staticmethod
+    def _values(values: tuple[object, ...], old: Row | None) -> Row:
+        """Text values of a tuple; an unchanged TOAST value is the old row's value."""
+        if UNCHANGED_TOAST not in values:
+            return values  # type: ignore[return-value]
+        return tuple(
+            (old[i] if old else None) if v is UNCHANGED_TOAST else v  # type: ignore[misc]
+            for i, v in enumerate(values)
+        )
+
+    def _write(self, writer: psycopg.Connection[object], batch: _Batch) -> None:
+        row = writer.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+        assert row is not None
+        next_xid = int(row[0])
+        per_source: dict[int, list[tuple[int, int, _Transaction]]] = {}
+        for txn, end_lsn in batch.transactions:
+            xid8 = widen_xid(txn.xid, next_xid)
+            for oid in txn.rows:
+                per_source.setdefault(oid, []).append((xid8, end_lsn, txn))
+        for oid, entries in per_source.items():
+            source = self._sources[oid]
+            columns = [sql.Identifier(c) for c in buffer_columns(len(source.columns))]
+            statement = sql.SQL("COPY {} (xid, lsn, action, {}) FROM STDIN").format(
+                source.buffer, sql.SQL(", ").join(columns)
+            )
+            with writer.cursor().copy(statement) as copy:
+                for xid8, end_lsn, txn in entries:
+                    lsn_text = format_lsn(end_lsn)
+                    for action, values in txn.rows[oid]:
+                        copy.write_row((xid8, lsn_text, action, *values))
+        writer.execute(
+            "INSERT INTO pgtrickle.reader_state (slot_name, buffered_lsn) VALUES (%s, %s)"
+            " ON CONFLICT (slot_name) DO UPDATE SET buffered_lsn = excluded.buffered_lsn,"
+            " updated_at = now()",
+            (self.slot, format_lsn(batch.end_lsn)),
+        )
+        writer.commit()
+        self._advance(batch.end_lsn)
+        if self.on_buffered is not None:
+            self.on_buffered(set(per_source), batch.end_lsn)
