@@ -1,0 +1,205 @@
+"""A small sample schema and a writer of random transactions, for the demo and the tests.
+
+The shop: ``customers`` (keyed), ``orders`` (keyed, referencing customers by a plain column
+so that join keys can change freely) and ``events`` (keyless: duplicates are real rows). The
+writer mixes inserts, updates of values, join keys and group keys, deletes, rolled-back
+transactions and savepoints, and asynchronous commits, which is what a refresh must survive.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+SCHEMA = """
+CREATE TABLE customers (
+    id      integer PRIMARY KEY,
+    region  text    NOT NULL,
+    tier    integer
+);
+CREATE TABLE orders (
+    id          bigint  PRIMARY KEY,
+    customer_id integer NOT NULL,
+    amount      numeric(10, 2),
+    status      text    NOT NULL
+);
+CREATE TABLE events (
+    kind    text,
+    n       integer
+);
+"""
+
+REGIONS = ("north", "south", "east", "west", "centre")
+STATUSES = ("new", "paid", "shipped", "returned")
+KINDS = ("click", "view", "buy", None)
+
+
+def create_schema(dsn: str, customers: int = 50, orders: int = 500, events: int = 200) -> None:
+    rng = random.Random(7)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(SCHEMA)
+        with conn.cursor().copy("COPY customers (id, region, tier) FROM STDIN") as copy:
+            for i in range(1, customers + 1):
+                copy.write_row((i, rng.choice(REGIONS), rng.choice((1, 2, 3, None))))
+        with conn.cursor().copy(
+            "COPY orders (id, customer_id, amount, status) FROM STDIN"
+        ) as copy:
+            for i in range(1, orders + 1):
+                copy.write_row(
+                    (i, rng.randint(1, customers + 5), _amount(rng), rng.choice(STATUSES))
+                )
+        with conn.cursor().copy("COPY events (kind, n) FROM STDIN") as copy:
+            for _ in range(events):
+                copy.write_row((rng.choice(KINDS), rng.randint(-2, 5)))
+
+
+def _amount(rng: random.Random) -> str | None:
+    return None if rng.random() < 0.05 else f"{rng.uniform(0, 100):.2f}"
+
+
+@dataclass
+class WriterStats:
+    committed: int = 0
+    rolled_back: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Writer:
+    """Random transactions against the sample schema until stopped."""
+
+    dsn: str
+    seed: int
+    customers: int = 50
+    rate: float | None = None  # transactions per second; None: as fast as possible
+    rollback_share: float = 0.1
+    async_share: float = 0.3
+    stats: WriterStats = field(default_factory=WriterStats)
+
+    def run(self, stop: threading.Event) -> None:
+        rng = random.Random(self.seed)
+        next_id = 1_000_000 * (self.seed + 1)
+        with psycopg.connect(self.dsn) as conn:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    if rng.random() < self.async_share:
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                    for _ in range(rng.randint(1, 5)):
+                        next_id = self._statement(conn, rng, next_id)
+                    if rng.random() < 0.15:
+                        conn.execute("SAVEPOINT s")
+                        next_id = self._statement(conn, rng, next_id)
+                        conn.execute("ROLLBACK TO SAVEPOINT s")
+                    if rng.random() < self.rollback_share:
+                        conn.rollback()
+                        self.stats.rolled_back += 1
+                    else:
+                        conn.commit()
+                        self.stats.committed += 1
+                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    conn.rollback()
+                    self.stats.errors += 1
+                if self.rate:
+                    stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
+
+    def _statement(self, conn: psycopg.Connection[object], rng: random.Random, next_id: int) -> int:
+        choice = rng.random()
+        if choice < 0.25:
+            conn.execute(
+                "INSERT INTO orders (id, customer_id, amount, status) VALUES (%s, %s, %s, %s)",
+                (next_id, rng.randint(1, self.customers + 5), _amount(rng), rng.choice(STATUSES)),
+            )
+            return next_id + 1
+        if choice < 0.40:
+            conn.execute(
+                "UPDATE orders SET amount = %s WHERE id = (SELECT id FROM orders"
+                " ORDER BY random() LIMIT 1)",
+                (_amount(rng),),
+            )
+        elif choice < 0.50:
+            conn.execute(
+                "UPDATE orders SET customer_id = %s, status = %s WHERE id IN (SELECT id FROM"
+                " orders ORDER BY random() LIMIT 2)",
+                (rng.randint(1, self.customers + 5), rng.choice(STATUSES)),
+            )
+        elif choice < 0.60:
+            conn.execute(
+                "DELETE FROM orders WHERE id = (SELECT id FROM orders ORDER BY random() LIMIT 1)"
+            )
+        elif choice < 0.70:
+            conn.execute(
+                "UPDATE customers SET region = %s, tier = %s WHERE id = %s",
+                (rng.choice(REGIONS), rng.choice((1, 2, 3, None)), rng.randint(1, self.customers)),
+            )
+        elif choice < 0.82:
+            conn.execute(
+                "INSERT INTO events (kind, n) VALUES (%s, %s), (%s, %s)",
+                (rng.choice(KINDS), rng.randint(-2, 5), rng.choice(KINDS), rng.randint(-2, 5)),
+            )
+        elif choice < 0.92:
+            conn.execute(
+                "UPDATE events SET n = n + 1 WHERE ctid = (SELECT ctid FROM events"
+                " ORDER BY random() LIMIT 1)"
+            )
+        else:
+            conn.execute(
+                "DELETE FROM events WHERE ctid = (SELECT ctid FROM events ORDER BY random() LIMIT 1)"
+            )
+        return next_id
+
+
+# Stream tables over the sample schema, one of each shape the compiler supports, and one
+# that falls back to full refresh.
+STREAM_TABLES_YAML = """
+stream_tables:
+  - name: big_orders
+    query: SELECT id, amount * 2 AS double_amount, status FROM orders WHERE amount > 50
+    schedule: 5s
+    refresh_mode: differential
+  - name: order_regions
+    query: >
+      SELECT o.id, c.region, o.amount FROM orders o JOIN customers c ON c.id = o.customer_id
+    schedule: 5s
+    refresh_mode: differential
+  - name: revenue_by_region
+    query: >
+      SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue, avg(o.amount) AS average
+      FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY c.region
+    schedule: 5s
+    refresh_mode: differential
+  - name: busy_statuses
+    query: >
+      SELECT status, count(*) AS n, sum(amount) AS total FROM orders
+      GROUP BY status HAVING count(*) > 100
+    schedule: 5s
+    refresh_mode: differential
+  - name: orders_per_customer
+    query: SELECT customer_id, count(amount) AS priced, count(*) AS n FROM orders GROUP BY customer_id
+    schedule: 5s
+    refresh_mode: differential
+  - name: order_totals
+    query: SELECT count(*) AS n, sum(amount) AS total, avg(amount) AS average FROM orders
+    schedule: 5s
+    refresh_mode: differential
+  - name: positive_events
+    query: SELECT kind, n FROM events WHERE n > 0
+    schedule: 5s
+    refresh_mode: differential
+  - name: events_by_kind
+    query: SELECT kind, count(*) AS n, sum(n) AS total FROM events GROUP BY kind
+    schedule: 5s
+    refresh_mode: differential
+  - name: events_by_tier
+    query: SELECT e.kind, c.region FROM events e JOIN customers c ON c.tier = e.n
+    schedule: 5s
+    refresh_mode: differential
+  - name: statuses
+    query: SELECT DISTINCT status FROM orders
+    schedule: 1s
+    refresh_mode: auto
+"""
