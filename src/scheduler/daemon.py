@@ -117,10 +117,13 @@ class Daemon:
     def _loop(self) -> None:
         next_reload = 0.0
         next_prune = time.monotonic() + self.options.prune_interval
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        conn: psycopg.Connection[Any] | None = None
+        try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
                 try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True)
                     if now >= next_reload:
                         self._reload(conn)
                         next_reload = now + self.options.reload_interval
@@ -129,12 +132,17 @@ class Daemon:
                         next_prune = now + self.options.prune_interval
                 except psycopg.OperationalError as exc:
                     log.warning("catalog connection lost", error=str(exc).strip())
-                    self.stop_event.wait(1.0)
-                    conn = psycopg.connect(self.dsn, autocommit=True)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    self.stop_event.wait(0.5)
                     continue
                 self._dispatch(now)
                 self._wake.wait(self.options.tick)
                 self._wake.clear()
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _reload(self, conn: psycopg.Connection[Any]) -> None:
         tables = list_stream_tables(conn)

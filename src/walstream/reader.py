@@ -36,7 +36,14 @@ from walstream.pgoutput import (
     Update,
     decode,
 )
-from walstream.replication import Keepalive, ReplicationStream, XLogData, format_lsn, parse_lsn
+from walstream.replication import (
+    Keepalive,
+    ReplicationError,
+    ReplicationStream,
+    XLogData,
+    format_lsn,
+    parse_lsn,
+)
 
 log = structlog.get_logger("pgtrickle.reader")
 
@@ -143,19 +150,13 @@ class ChangeReader:
             try:
                 self._run_once()
                 backoff = 0.1
-            except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
+            except (psycopg.OperationalError, ReplicationError, OSError) as exc:
+                # the batch in progress was not committed, so the slot was not confirmed
+                # past it: the server sends it again after the reconnect
                 self.connected.clear()
                 log.warning("reader connection lost; reconnecting", error=str(exc).strip())
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception as exc:
-                self.connected.clear()
-                if type(exc).__name__ == "ReplicationError":
-                    log.warning("replication stream ended; reconnecting", error=str(exc))
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                raise
 
     def run_until(self, lsn: int, timeout: float) -> bool:
         """Buffer everything up to ``lsn`` and return (a refresh with no daemon running)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: `./run bench` (numbers go to docs/benchmarks.md)."""

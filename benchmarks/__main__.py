@@ -1,0 +1,200 @@
+"""`./run bench [latency|refresh|decode|all]`: the measured targets of docs/benchmarks.md.
+
+- latency: commit-to-visible of a filter/project stream table at 20 commits/s, daemon running.
+- refresh: differential against full refresh for 0.1% and 1% changes of a 1,000,000-row source.
+- decode: the pure-Python pgoutput decoder on captured-shape Insert messages.
+
+Each runs on a private cluster it starts and removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import psycopg
+
+from benchmarks import decode_bench
+from scheduler.daemon import Daemon
+from scheduler.refresh import Refresher
+from walstream import logs
+from walstream.apply import apply
+from walstream.catalog import get_stream_table
+from walstream.declarations import parse_declarations
+from walstream.devcluster import LocalCluster, temporary_cluster
+from walstream.position import SlotPosition
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def bench_latency(cluster: LocalCluster, seconds: float, rate: float) -> dict[str, float]:
+    dsn = cluster.create_database("latency")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE readings (id bigint PRIMARY KEY, sensor int, value numeric)"
+        )
+    apply(
+        dsn,
+        parse_declarations(
+            "stream_tables:\n  - name: hot\n    query: SELECT id, sensor, value * 2 AS v"
+            " FROM readings WHERE value > 0\n    schedule: 1m\n    refresh_mode: differential\n"
+        ),
+    )
+    daemon = Daemon(dsn)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    committed: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def poll() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set() or len(seen) < len(committed):
+                with lock:
+                    pending = [i for i in committed if i not in seen]
+                if pending:
+                    rows = conn.execute(
+                        "SELECT id FROM hot WHERE id = ANY(%s)", (pending,)
+                    ).fetchall()
+                    now = time.perf_counter()
+                    with lock:
+                        for (i,) in rows:
+                            seen[i] = now
+                time.sleep(0.0005)
+                if stop.is_set() and time.perf_counter() - stopped_at[0] > 10:
+                    return
+
+    stopped_at = [0.0]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        n = int(seconds * rate)
+        start = time.perf_counter()
+        for i in range(1, n + 1):
+            conn.execute("INSERT INTO readings VALUES (%s, %s, %s)", (i, i % 10, i))
+            with lock:
+                committed[i] = time.perf_counter()
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    stop.set()
+    stopped_at[0] = time.perf_counter()
+    poller.join()
+    daemon.stop()
+    thread.join()
+    latencies = [(seen[i] - committed[i]) * 1000 for i in committed if i in seen]
+    return {
+        "commits": len(committed),
+        "visible": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+    }
+
+
+def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[str, float]]:
+    dsn = cluster.create_database("refresh")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE items (id bigint PRIMARY KEY, grp int NOT NULL, price numeric NOT NULL,"
+            " qty int NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO items SELECT g, g % 1000, (g % 997) / 10.0, g % 7"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("VACUUM ANALYZE items")
+    apply(
+        dsn,
+        parse_declarations(
+            "stream_tables:\n"
+            "  - name: priced\n    query: SELECT id, grp, price * qty AS total FROM items"
+            " WHERE qty > 0\n    refresh_mode: differential\n"
+            "  - name: by_group\n    query: SELECT grp, count(*) AS n, sum(price) AS s"
+            " FROM items GROUP BY grp\n    refresh_mode: differential\n"
+        ),
+    )
+    results = []
+    position = SlotPosition(dsn)
+    with Refresher(dsn, position) as refresher, psycopg.connect(dsn, autocommit=True) as conn:
+        for name in ("priced", "by_group"):
+            for share in (0.001, 0.01):
+                changed = int(rows * share)
+                diff_ms, full_ms, wait_ms = [], [], []
+                for _ in range(repeats):
+                    conn.execute(
+                        "UPDATE items SET qty = qty + 1, grp = (grp + 1) % 1000 WHERE id IN"
+                        " (SELECT (random() * %s)::bigint + 1 FROM generate_series(1, %s))",
+                        (rows - 1, changed),
+                    )
+                    # catch the reader up first: the benchmark times the refresh, not decoding
+                    st = get_stream_table(conn, name)
+                    lsn_row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                    assert lsn_row is not None
+                    from walstream.replication import parse_lsn
+
+                    position.wait_for(parse_lsn(lsn_row[0]), 120)
+                    result = refresher.refresh(st)
+                    diff_ms.append(result.timings["total_ms"])
+                    wait_ms.append(result.timings.get("wait_ms", 0.0))
+                    full = refresher.refresh(get_stream_table(conn, name), full=True)
+                    full_ms.append(full.timings["total_ms"])
+                results.append(
+                    {
+                        "stream_table": name,
+                        "changed_rows": changed,
+                        "differential_ms": statistics.median(diff_ms),
+                        "full_ms": statistics.median(full_ms),
+                        "speedup": statistics.median(full_ms) / statistics.median(diff_ms),
+                        "wait_ms": statistics.median(wait_ms),
+                    }
+                )
+    position.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
+    parser.add_argument("which", nargs="?", default="all", choices=["latency", "refresh", "decode", "all"])
+    parser.add_argument("--seconds", type=float, default=30.0, help="latency run length")
+    parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="refresh source rows")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    logs.configure("warning")
+    print(f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()}: {platform.processor() or platform.machine()}, "
+          f"Python {platform.python_version()}")
+    runs: dict[str, Callable[[LocalCluster], object]] = {
+        "latency": lambda c: bench_latency(c, args.seconds, args.rate),
+        "refresh": lambda c: bench_refresh(c, args.rows, args.repeats),
+    }
+    for which, run in runs.items():
+        if args.which not in (which, "all"):
+            continue
+        cluster = temporary_cluster(prefix="pgtrickle-bench-")
+        cluster.start()
+        try:
+            print(f"PostgreSQL {cluster.server_version_num()}")
+            result = run(cluster)
+            print(f"{which}: {result}", flush=True)
+        finally:
+            cluster.destroy()
+    if args.which in ("decode", "all"):
+        print(f"decode: {decode_bench.run()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

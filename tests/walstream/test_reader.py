@@ -1,0 +1,113 @@
+"""The change reader: buffers committed changes once, with xid8 and commit LSN, and resumes."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dvm.catalog import Column, SourceTable
+from tests.fixtures.plugin import Database
+from walstream.capture import SLOT_NAME, capture_source, load_sources
+from walstream.migrate import migrate
+from walstream.reader import ChangeReader, widen_xid
+from walstream.replication import ensure_slot, parse_lsn
+
+
+def setup_source(dsn: str) -> int:
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, big text)")
+        ensure_slot(conn, SLOT_NAME)
+        row = conn.execute("SELECT 't'::regclass::oid").fetchone()
+        assert row is not None
+        oid = int(row[0])
+        table = SourceTable(
+            oid, "public", "t", (Column("id", "integer"), Column("v", "text"), Column("big", "text")),
+            ("id",),
+        )  # fmt: skip
+        with conn.transaction():
+            capture_source(conn, table)
+    return oid
+
+
+def insert_lsn(conn: psycopg.Connection[object]) -> int:
+    row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0]))
+
+
+def buffered(dsn: str, oid: int) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn) as conn:
+        source = load_sources(conn)[oid]
+        return conn.execute(
+            sql.SQL("SELECT action, o1, o2, n1, n2, length(n3) FROM {} ORDER BY lsn, ctid").format(
+                source.buffer
+            )
+        ).fetchall()
+
+
+def read_until_now(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        target = insert_lsn(conn)
+        conn.execute("SELECT pg_logical_emit_message(true, 'test', '')")
+    assert ChangeReader(dsn).run_until(target, timeout=30)
+
+
+def test_committed_changes_are_buffered_and_rolled_back_ones_are_not(db: Database) -> None:
+    oid = setup_source(db.dsn)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute(
+            "INSERT INTO t SELECT 1, 'a', string_agg(md5(g::text), '') FROM generate_series(1, 200) g"
+        )
+        conn.execute("INSERT INTO t VALUES (2, 'b', NULL)")
+        conn.commit()
+        conn.execute("INSERT INTO t VALUES (3, 'rolled back', NULL)")
+        conn.rollback()
+        conn.execute("UPDATE t SET v = 'a2' WHERE id = 1")  # big is TOASTed and unchanged
+        conn.execute("SAVEPOINT s")
+        conn.execute("DELETE FROM t WHERE id = 1")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.execute("DELETE FROM t WHERE id = 2")
+        conn.commit()
+    read_until_now(db.dsn)
+    assert buffered(db.dsn, oid) == [
+        ("I", None, None, 1, "a", 6400),
+        ("I", None, None, 2, "b", None),
+        ("U", 1, "a", 1, "a2", 6400),
+        ("D", 2, "b", None, None, None),
+    ]
+
+
+def test_a_restart_buffers_nothing_twice(db: Database) -> None:
+    oid = setup_source(db.dsn)
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t VALUES (1, 'a', NULL)")
+    read_until_now(db.dsn)
+    # the slot forgets the confirmation (as if the daemon died before sending it)
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (SLOT_NAME,))
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT_NAME,))
+        conn.execute("INSERT INTO t VALUES (2, 'b', NULL)")
+    read_until_now(db.dsn)
+    assert [r[3] for r in buffered(db.dsn, oid)] == [1, 2]
+
+
+def test_buffered_xids_are_the_source_transactions_full_xids(db: Database) -> None:
+    oid = setup_source(db.dsn)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("INSERT INTO t VALUES (1, 'a', NULL)")
+        row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        conn.commit()
+    assert row is not None
+    read_until_now(db.dsn)
+    with psycopg.connect(db.dsn) as conn:
+        source = load_sources(conn)[oid]
+        xids = conn.execute(sql.SQL("SELECT xid::text FROM {}").format(source.buffer)).fetchall()
+    assert xids == [(row[0],)]
+
+
+def test_xids_widen_across_an_epoch_boundary() -> None:
+    epoch = 1 << 32
+    assert widen_xid(10, 3 * epoch + 20) == 3 * epoch + 10
+    assert widen_xid(epoch - 5, 3 * epoch + 20) == 2 * epoch + epoch - 5
+    assert widen_xid(20, 3 * epoch + 20) == 2 * epoch + 20
