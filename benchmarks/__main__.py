@@ -39,9 +39,7 @@ def percentile(values: list[float], p: float) -> float:
 def bench_latency(cluster: LocalCluster, seconds: float, rate: float) -> dict[str, float]:
     dsn = cluster.create_database("latency")
     with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "CREATE TABLE readings (id bigint PRIMARY KEY, sensor int, value numeric)"
-        )
+        conn.execute("CREATE TABLE readings (id bigint PRIMARY KEY, sensor int, value numeric)")
     apply(
         dsn,
         parse_declarations(
@@ -167,15 +165,20 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
-    parser.add_argument("which", nargs="?", default="all", choices=["latency", "refresh", "decode", "all"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["latency", "refresh", "decode", "all"]
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="latency run length")
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
     parser.add_argument("--rows", type=int, default=1_000_000, help="refresh source rows")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     logs.configure("warning")
-    print(f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()}: {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}")
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()}: "
+        f"{platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
     runs: dict[str, Callable[[LocalCluster], object]] = {
         "latency": lambda c: bench_latency(c, args.seconds, args.rate),
         "refresh": lambda c: bench_refresh(c, args.rows, args.repeats),

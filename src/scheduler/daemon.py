@@ -7,6 +7,7 @@ refresh that fails is retried with exponential backoff; the error is in the cata
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -225,10 +226,8 @@ class Daemon:
                     retry_in=round(delay, 3),
                 )
                 if not transient:
-                    try:
+                    with contextlib.suppress(psycopg.Error):
                         record_failure(self.dsn, state.st, exc)
-                    except psycopg.Error:
-                        pass
             finally:
                 with self._lock:
                     state.in_flight = False

@@ -127,9 +127,7 @@ class Refresher:
         differential = st.effective_refresh_mode == "differential" and not full
         if differential:
             self._ensure_temp_tables(st_sources)
-        self.conn.execute(
-            "SELECT pg_advisory_lock(%s, %s)", (REFRESH_LOCK_CLASS, st.id)
-        )
+        self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (REFRESH_LOCK_CLASS, st.id))
         try:
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with self.conn.transaction():
@@ -179,9 +177,7 @@ class Refresher:
         finally:
             self.conn.isolation_level = None
             if not self.conn.closed and not self.conn.broken:
-                self.conn.execute(
-                    "SELECT pg_advisory_unlock(%s, %s)", (REFRESH_LOCK_CLASS, st.id)
-                )
+                self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (REFRESH_LOCK_CLASS, st.id))
 
     def _wait_buffered(self, lsn: int) -> None:
         target = settled_lsn(lsn, self.segment_size)
@@ -250,14 +246,15 @@ class Refresher:
         self.conn.execute(sql.SQL("DELETE FROM {}").format(st.qualified_name))
         cur = self.conn.execute(
             sql.SQL("INSERT INTO {} SELECT * FROM ({}) q").format(
-                st.qualified_name, sql.SQL(st.plan["storage_query"])  # type: ignore[arg-type]
+                st.qualified_name,
+                sql.SQL(st.plan["storage_query"]),
             )
         )
         return max(cur.rowcount, 0)
 
     def _check_equal(self, st: StreamTable) -> None:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in st.plan["user_columns"])
-        query = sql.SQL(st.plan["query"])  # type: ignore[arg-type]
+        query = sql.SQL(st.plan["query"])
         row = self.conn.execute(
             sql.SQL(
                 "SELECT (SELECT count(*) FROM (SELECT {cols} FROM {st} EXCEPT ALL"
@@ -338,7 +335,7 @@ def _window(source: CapturedSource, snapshot: str, frontier: str) -> sql.Compose
 def _staging_query(
     source: CapturedSource, window: sql.Composable, columns_read: list[str] | None
 ) -> sql.Composed:
-    """Buffer rows as weighted rows: an insert +1 new, a delete −1 old, an update both.
+    """Buffer rows as weighted rows: an insert +1 new, a delete -1 old, an update both.
 
     An UPDATE that changed no column the stream table reads is left out.
     """
@@ -350,10 +347,16 @@ def _staging_query(
         sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in new),
     )
     read = [i for i, c in enumerate(source.columns) if columns_read is None or c in columns_read]
-    changed = sql.SQL(" OR ").join(
-        sql.SQL("b.{} IS DISTINCT FROM b.{}").format(sql.Identifier(old[i]), sql.Identifier(new[i]))
-        for i in read
-    ) if read else sql.SQL("false")
+    changed = (
+        sql.SQL(" OR ").join(
+            sql.SQL("b.{} IS DISTINCT FROM b.{}").format(
+                sql.Identifier(old[i]), sql.Identifier(new[i])
+            )
+            for i in read
+        )
+        if read
+        else sql.SQL("false")
+    )
     value_names = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
     return sql.SQL(
         "SELECT v.* FROM {buffer} b CROSS JOIN LATERAL (VALUES {values}) AS v(w, {names})"

@@ -148,9 +148,7 @@ def _describe(conn: psycopg.Connection[Any], query: str) -> None:
     """Let the server parse and analyze the query; its error becomes ours."""
     try:
         with conn.transaction(force_rollback=True):
-            conn.execute(
-                sql.SQL("SELECT * FROM ({}) q LIMIT 0").format(sql.SQL(query))  # type: ignore[arg-type]
-            )
+            conn.execute(sql.SQL("SELECT * FROM ({}) q LIMIT 0").format(sql.SQL(query)))
     except psycopg.errors.SyntaxError as exc:
         raise InvalidQuery(
             f"the query is not valid SQL: {exc.diag.message_primary}",
@@ -215,7 +213,7 @@ def create_stream_table(conn: psycopg.Connection[Any], change: Change) -> None:
             captured.append(capture_source(conn, table))
     wait_for_older_transactions(conn)
     target = sql.SQL("{}.{}").format(sql.Identifier(decl.schema), sql.Identifier(decl.name))
-    storage_query = sql.SQL(plan.storage_query)  # type: ignore[arg-type]
+    storage_query = sql.SQL(plan.storage_query)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
         with conn.transaction():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -55,42 +56,39 @@ def buffer_columns(n_columns: int) -> list[str]:
     Positional names keep buffers independent of the length and spelling of the source's
     column names; ``pgtrickle.sources.columns`` maps positions back to names.
     """
-    return [f"o{i}" for i in range(1, n_columns + 1)] + [
-        f"n{i}" for i in range(1, n_columns + 1)
-    ]
+    return [f"o{i}" for i in range(1, n_columns + 1)] + [f"n{i}" for i in range(1, n_columns + 1)]
 
 
-def load_sources(conn: psycopg.Connection[object]) -> dict[int, CapturedSource]:
+def load_sources(conn: psycopg.Connection[Any]) -> dict[int, CapturedSource]:
     rows = conn.execute(
         "SELECT source_oid, schema_name, name, buffer_table, columns, column_types"
         " FROM pgtrickle.sources"
     ).fetchall()
     return {
-        int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))  # type: ignore[call-overload]
+        int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))
         for r in rows
     }
 
 
-def ensure_publication(conn: psycopg.Connection[object]) -> None:
+def ensure_publication(conn: psycopg.Connection[Any]) -> None:
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION_NAME,)
     ).fetchone()
     if not exists:
         conn.execute(
-            sql.SQL("CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')")
-            .format(sql.Identifier(PUBLICATION_NAME))
+            sql.SQL(
+                "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')"
+            ).format(sql.Identifier(PUBLICATION_NAME))
         )
 
 
-def capture_source(conn: psycopg.Connection[object], table: SourceTable) -> CapturedSource:
+def capture_source(conn: psycopg.Connection[Any], table: SourceTable) -> CapturedSource:
     """Start capturing ``table`` (inside the caller's transaction); idempotent."""
     existing = load_sources(conn).get(table.oid)
     if existing is not None:
         return existing
     target = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
-    row = conn.execute(
-        "SELECT relreplident FROM pg_class WHERE oid = %s", (table.oid,)
-    ).fetchone()
+    row = conn.execute("SELECT relreplident FROM pg_class WHERE oid = %s", (table.oid,)).fetchone()
     assert row is not None
     original_identity = row[0]
     if original_identity != "f":
@@ -111,7 +109,7 @@ def capture_source(conn: psycopg.Connection[object], table: SourceTable) -> Capt
     ]
     conn.execute(
         sql.SQL(
-            "CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, action \"char\" NOT NULL, {})"
+            'CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, action "char" NOT NULL, {})'
         ).format(source.buffer, sql.SQL(", ").join(value_columns))
     )
     conn.execute(sql.SQL("CREATE INDEX ON {} (xid)").format(source.buffer))
@@ -137,15 +135,13 @@ def capture_source(conn: psycopg.Connection[object], table: SourceTable) -> Capt
     return source
 
 
-def release_source(conn: psycopg.Connection[object], source: CapturedSource) -> None:
+def release_source(conn: psycopg.Connection[Any], source: CapturedSource) -> None:
     """Stop capturing a source no stream table reads any more (inside the caller's transaction)."""
     row = conn.execute(
         "SELECT original_replica_identity FROM pgtrickle.sources WHERE source_oid = %s",
         (source.oid,),
     ).fetchone()
-    still_exists = conn.execute(
-        "SELECT 1 FROM pg_class WHERE oid = %s", (source.oid,)
-    ).fetchone()
+    still_exists = conn.execute("SELECT 1 FROM pg_class WHERE oid = %s", (source.oid,)).fetchone()
     if still_exists:
         published = conn.execute(
             "SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid"
@@ -169,7 +165,7 @@ def release_source(conn: psycopg.Connection[object], source: CapturedSource) -> 
     conn.execute("DELETE FROM pgtrickle.sources WHERE source_oid = %s", (source.oid,))
 
 
-def wait_for_older_transactions(conn: psycopg.Connection[object], timeout: float = 600) -> None:
+def wait_for_older_transactions(conn: psycopg.Connection[Any], timeout: float = 600) -> None:
     """Block until every transaction running now has ended.
 
     Called after a source joined the publication (and that commit is done): a snapshot taken

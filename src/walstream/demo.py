@@ -105,8 +105,9 @@ def _show(dsn: str, stop: threading.Event, duration: float | None) -> None:
             print(f"(status unavailable: {exc})")
             stop.wait(1.0)
             continue
+        orders = counts[0] if counts else "?"
         lines = [
-            f"pgtrickle demo - {time.monotonic() - started:5.1f}s - orders: {counts[0] if counts else '?'}"
+            f"pgtrickle demo - {time.monotonic() - started:5.1f}s - orders: {orders}"
             " - Ctrl-C to stop",
             "",
             f"{'stream table':<20} {'mode':<13} {'status':<8} {'rows':>8} {'staleness':>10}"
@@ -114,9 +115,10 @@ def _show(dsn: str, stop: threading.Event, duration: float | None) -> None:
         ]
         for r in rows:
             staleness = r["staleness_seconds"]
+            shown = f"{staleness * 1000:.0f} ms" if staleness is not None else "-"
             lines.append(
                 f"{r['name']:<20} {r['effective_refresh_mode']:<13} {r['status']:<8}"
-                f" {r['rows']:>8} {(f'{staleness * 1000:.0f} ms') if staleness is not None else '-':>10}"
+                f" {r['rows']:>8} {shown:>10}"
                 f"  {str(r['last_refresh_at'])[11:23] if r['last_refresh_at'] else '-'}"
             )
         if live:

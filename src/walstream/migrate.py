@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -55,7 +56,7 @@ def known_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def applied_versions(conn: psycopg.Connection[object]) -> list[int]:
+def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
     exists = conn.execute("SELECT to_regclass('pgtrickle.schema_migrations') IS NOT NULL")
     row = exists.fetchone()
     if not row or not row[0]:
@@ -74,9 +75,7 @@ def migrate(dsn: str, directory: Path | None = None) -> list[Migration]:
             _check_not_newer(applied_versions(conn), known)
         for migration in known:
             with conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK)
-                )
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
                 if migration.version in applied_versions(conn):
                     continue
                 conn.execute(
@@ -94,7 +93,7 @@ def migrate(dsn: str, directory: Path | None = None) -> list[Migration]:
     return applied_now
 
 
-def check_current(conn: psycopg.Connection[object]) -> None:
+def check_current(conn: psycopg.Connection[Any]) -> None:
     """Refuse to work on a catalog that is missing, behind, or ahead of this code."""
     known = known_migrations()
     applied = applied_versions(conn)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import structlog
@@ -178,7 +179,7 @@ class ChangeReader:
                 self.connected.set()
                 self._stream(stream, writer, buffered)
 
-    def _load_state(self, writer: psycopg.Connection[object]) -> int:
+    def _load_state(self, writer: psycopg.Connection[Any]) -> int:
         self._sources = load_captured_sources(writer)
         row = writer.execute(
             "SELECT buffered_lsn::text FROM pgtrickle.reader_state WHERE slot_name = %s",
@@ -188,7 +189,7 @@ class ChangeReader:
         return parse_lsn(row[0]) if row else 0
 
     def _stream(
-        self, stream: ReplicationStream, writer: psycopg.Connection[object], buffered: int
+        self, stream: ReplicationStream, writer: psycopg.Connection[Any], buffered: int
     ) -> None:
         txn: _Transaction | None = None
         batch = _Batch()
@@ -236,8 +237,7 @@ class ChangeReader:
                     batch.end_lsn = decoded.end_lsn
                 txn = None
                 if batch and (
-                    batch.n_rows >= BATCH_ROWS
-                    or time.monotonic() - batch.started >= BATCH_SECONDS
+                    batch.n_rows >= BATCH_ROWS or time.monotonic() - batch.started >= BATCH_SECONDS
                 ):
                     self._write(writer, batch)
                     batch = _Batch()
@@ -255,7 +255,9 @@ class ChangeReader:
         if isinstance(message, Insert):
             source = self._source(message.relation_oid)
             if source:
-                txn.add(source.oid, "I", (None,) * len(source.columns) + self._values(message.new, None))
+                txn.add(
+                    source.oid, "I", (None,) * len(source.columns) + self._values(message.new, None)
+                )
         elif isinstance(message, Update):
             source = self._source(message.relation_oid)
             if source:
@@ -291,7 +293,7 @@ class ChangeReader:
             for i, v in enumerate(values)
         )
 
-    def _write(self, writer: psycopg.Connection[object], batch: _Batch) -> None:
+    def _write(self, writer: psycopg.Connection[Any], batch: _Batch) -> None:
         row = writer.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
         assert row is not None
         next_xid = int(row[0])

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -45,9 +46,7 @@ def create_schema(dsn: str, customers: int = 50, orders: int = 500, events: int 
         with conn.cursor().copy("COPY customers (id, region, tier) FROM STDIN") as copy:
             for i in range(1, customers + 1):
                 copy.write_row((i, rng.choice(REGIONS), rng.choice((1, 2, 3, None))))
-        with conn.cursor().copy(
-            "COPY orders (id, customer_id, amount, status) FROM STDIN"
-        ) as copy:
+        with conn.cursor().copy("COPY orders (id, customer_id, amount, status) FROM STDIN") as copy:
             for i in range(1, orders + 1):
                 copy.write_row(
                     (i, rng.randint(1, customers + 5), _amount(rng), rng.choice(STATUSES))
@@ -107,7 +106,7 @@ class Writer:
                 if self.rate:
                     stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
 
-    def _statement(self, conn: psycopg.Connection[object], rng: random.Random, next_id: int) -> int:
+    def _statement(self, conn: psycopg.Connection[Any], rng: random.Random, next_id: int) -> int:
         choice = rng.random()
         if choice < 0.25:
             conn.execute(
@@ -148,7 +147,8 @@ class Writer:
             )
         else:
             conn.execute(
-                "DELETE FROM events WHERE ctid = (SELECT ctid FROM events ORDER BY random() LIMIT 1)"
+                "DELETE FROM events WHERE ctid ="
+                " (SELECT ctid FROM events ORDER BY random() LIMIT 1)"
             )
         return next_id
 
@@ -179,7 +179,9 @@ stream_tables:
     schedule: 5s
     refresh_mode: differential
   - name: orders_per_customer
-    query: SELECT customer_id, count(amount) AS priced, count(*) AS n FROM orders GROUP BY customer_id
+    query: >
+      SELECT customer_id, count(amount) AS priced, count(*) AS n
+      FROM orders GROUP BY customer_id
     schedule: 5s
     refresh_mode: differential
   - name: order_totals

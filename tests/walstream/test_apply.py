@@ -109,7 +109,7 @@ def test_unknown_column_is_refused_naming_it(shop: Database) -> None:
     "query",
     [
         '"SELECT 1; SELECT 2"',
-        '"INSERT INTO orders VALUES (1, 1, 1, \'x\')"',
+        "\"INSERT INTO orders VALUES (1, 1, 1, 'x')\"",
         '"SELEC id FROM orders"',
     ],
 )

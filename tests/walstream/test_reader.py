@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from psycopg import sql
 
@@ -21,16 +23,14 @@ def setup_source(dsn: str) -> int:
         row = conn.execute("SELECT 't'::regclass::oid").fetchone()
         assert row is not None
         oid = int(row[0])
-        table = SourceTable(
-            oid, "public", "t", (Column("id", "integer"), Column("v", "text"), Column("big", "text")),
-            ("id",),
-        )  # fmt: skip
+        columns = (Column("id", "integer"), Column("v", "text"), Column("big", "text"))
+        table = SourceTable(oid, "public", "t", columns, ("id",))
         with conn.transaction():
             capture_source(conn, table)
     return oid
 
 
-def insert_lsn(conn: psycopg.Connection[object]) -> int:
+def insert_lsn(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
     assert row is not None
     return parse_lsn(str(row[0]))
@@ -57,7 +57,8 @@ def test_committed_changes_are_buffered_and_rolled_back_ones_are_not(db: Databas
     oid = setup_source(db.dsn)
     with psycopg.connect(db.dsn) as conn:
         conn.execute(
-            "INSERT INTO t SELECT 1, 'a', string_agg(md5(g::text), '') FROM generate_series(1, 200) g"
+            "INSERT INTO t SELECT 1, 'a', string_agg(md5(g::text), '')"
+            " FROM generate_series(1, 200) g"
         )
         conn.execute("INSERT INTO t VALUES (2, 'b', NULL)")
         conn.commit()
