@@ -22,11 +22,10 @@ from psycopg import sql
 from scheduler.dag import refresh_order
 from scheduler.refresh import Refresher, record_failure
 from scheduler.schedule import parse_schedule
-from walstream.capture import SLOT_NAME, ensure_publication, load_sources
+from walstream.capture import ensure_slot_and_publication, load_sources
 from walstream.catalog import StreamTable, list_stream_tables
 from walstream.migrate import migrate
 from walstream.reader import ChangeReader
-from walstream.replication import ensure_slot
 
 log = structlog.get_logger("pgtrickle.daemon")
 
@@ -91,8 +90,7 @@ class Daemon:
     def run(self) -> None:
         migrate(self.dsn)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            ensure_slot(conn, SLOT_NAME)
-            ensure_publication(conn)
+            ensure_slot_and_publication(conn)
         reader = threading.Thread(target=self.reader.run, name="pgtrickle-reader", daemon=True)
         reader.start()
         workers = [

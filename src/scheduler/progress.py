@@ -22,10 +22,10 @@ from walstream.replication import format_lsn, parse_lsn
 
 def behind(conn: psycopg.Connection[Any], st: StreamTable, lsn: int) -> bool:
     """True when a change committed at or before ``lsn`` is not yet in the stream table."""
+    # frontier_lsn >= lsn proves nothing: a transaction can end its commit record before the
+    # refresh read L and still be invisible in its snapshot. Only the buffers can tell.
     if st.frontier is None:
         return True
-    if st.frontier_lsn is not None and parse_lsn(st.frontier_lsn) >= lsn:
-        return False
     sources = load_sources(conn)
     for oid in st.source_oids:
         source = sources.get(oid)

@@ -218,7 +218,7 @@ class Refresher:
         total = 0
         columns_read: dict[str, list[str]] = st.plan.get("columns_read", {})
         for source in sources:
-            window = _window(source, snapshot, frontier)
+            window = self.staging_window(snapshot, frontier)
             truncated = self.staging.execute(
                 sql.SQL("SELECT EXISTS (SELECT 1 FROM {} b WHERE {} AND b.action = 'T')").format(
                     source.buffer, window
@@ -241,6 +241,19 @@ class Refresher:
                         into.write(block)
                 total += max(cur.rowcount, 0)
         return False, total
+
+    def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
+        """Buffer rows (alias ``b``) of transactions visible in S and not in the frontier.
+
+        The bounds on ``xid`` only let the index narrow the scan; visibility decides.
+        """
+        s, f = sql.Literal(snapshot), sql.Literal(frontier)
+        return sql.SQL(
+            "b.xid >= pg_snapshot_xmin({f}::pg_snapshot)"
+            " AND b.xid < pg_snapshot_xmax({s}::pg_snapshot)"
+            " AND pg_visible_in_snapshot(b.xid, {s}::pg_snapshot)"
+            " AND NOT pg_visible_in_snapshot(b.xid, {f}::pg_snapshot)"
+        ).format(s=s, f=f)
 
     def _recompute(self, st: StreamTable) -> int:
         self.conn.execute(sql.SQL("DELETE FROM {}").format(st.qualified_name))
@@ -317,19 +330,6 @@ def record_failure(dsn: str, st: StreamTable, error: BaseException) -> None:
             " finished_at, error) VALUES (%s, %s, 'error', now(), now(), %s)",
             (st.id, st.effective_refresh_mode, message),
         )
-
-
-def _window(source: CapturedSource, snapshot: str, frontier: str) -> sql.Composed:
-    """Buffer rows of transactions visible in the snapshot and not in the frontier.
-
-    The bounds on ``xid`` only let the index narrow the scan; visibility decides.
-    """
-    s, f = sql.Literal(snapshot), sql.Literal(frontier)
-    return sql.SQL(
-        "b.xid >= pg_snapshot_xmin({f}::pg_snapshot) AND b.xid < pg_snapshot_xmax({s}::pg_snapshot)"
-        " AND pg_visible_in_snapshot(b.xid, {s}::pg_snapshot)"
-        " AND NOT pg_visible_in_snapshot(b.xid, {f}::pg_snapshot)"
-    ).format(s=s, f=f)
 
 
 def _staging_query(

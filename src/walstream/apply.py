@@ -21,9 +21,9 @@ from dvm.catalog import CatalogFacts
 from dvm.compile import compile_query, effective_mode
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from walstream.capture import (
-    SLOT_NAME,
     CapturedSource,
     capture_source,
+    ensure_slot_and_publication,
     load_sources,
     release_source,
     wait_for_older_transactions,
@@ -32,7 +32,6 @@ from walstream.catalog import StreamTable, catalog_facts, list_stream_tables
 from walstream.declarations import Declarations, StreamTableDecl
 from walstream.errors import InvalidDeclaration, InvalidQuery, PgTrickleError, UnsupportedQuery
 from walstream.migrate import migrate
-from walstream.replication import ensure_slot
 
 log = structlog.get_logger("pgtrickle.apply")
 
@@ -172,7 +171,7 @@ def apply(dsn: str, decls: Declarations, *, dry_run: bool = False) -> list[Chang
         if dry_run:
             return changes
         if any(c.kind in (ChangeKind.CREATE, ChangeKind.RECREATE) for c in changes):
-            ensure_slot(conn, SLOT_NAME)
+            ensure_slot_and_publication(conn)
         for change in changes:
             if change.kind in (ChangeKind.DROP, ChangeKind.RECREATE):
                 assert change.existing is not None

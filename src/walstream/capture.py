@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from dvm.catalog import SourceTable
+from walstream.replication import ensure_slot
 
 SLOT_NAME = "pgtrickle"
 PUBLICATION_NAME = "pgtrickle"
@@ -82,6 +83,16 @@ def ensure_publication(conn: psycopg.Connection[Any]) -> None:
         )
 
 
+def ensure_slot_and_publication(conn: psycopg.Connection[Any]) -> None:
+    """The publication, then the slot (in autocommit).
+
+    In this order: PostgreSQL 15 decodes with the catalog as it was at each change, and a
+    change decoded from before the publication existed stops the stream with an error.
+    """
+    ensure_publication(conn)
+    ensure_slot(conn, SLOT_NAME)
+
+
 def capture_source(conn: psycopg.Connection[Any], table: SourceTable) -> CapturedSource:
     """Start capturing ``table`` (inside the caller's transaction); idempotent."""
     existing = load_sources(conn).get(table.oid)
@@ -126,7 +137,6 @@ def capture_source(conn: psycopg.Connection[Any], table: SourceTable) -> Capture
             original_identity,
         ),
     )
-    ensure_publication(conn)
     conn.execute(
         sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
             sql.Identifier(PUBLICATION_NAME), target

@@ -77,10 +77,10 @@ class _Batch:
 
 
 def widen_xid(xid32: int, next_full_xid: int) -> int:
-    """The xid8 of a committed transaction, from its 32-bit xid and the next full xid.
+    """The xid8 of a committed transaction, from its 32-bit xid and a newer full xid.
 
-    The transaction began before ``next_full_xid`` was read, so it is the newest full xid at
-    or below it whose low 32 bits are ``xid32``: this is what survives an epoch wrap.
+    The transaction got its xid before ``next_full_xid`` was assigned, so it is the newest
+    full xid below it whose low 32 bits are ``xid32``: this is what survives an epoch wrap.
 
     >>> widen_xid(5, (2 << 32) + 10), widen_xid(4_000_000_000, (2 << 32) + 10) - (1 << 32)
     (8589934597, 4000000000)
@@ -294,7 +294,9 @@ class ChangeReader:
         )
 
     def _write(self, writer: psycopg.Connection[Any], batch: _Batch) -> None:
-        row = writer.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+        # Our own xid, assigned now, is newer than every decoded one. (A snapshot's xmax is
+        # not: a commit can be decoded before its backend leaves the proc array.)
+        row = writer.execute("SELECT pg_current_xact_id()::text").fetchone()
         assert row is not None
         next_xid = int(row[0])
         per_source: dict[int, list[tuple[int, int, _Transaction]]] = {}

@@ -9,17 +9,17 @@ from psycopg import sql
 
 from dvm.catalog import Column, SourceTable
 from tests.fixtures.plugin import Database
-from walstream.capture import SLOT_NAME, capture_source, load_sources
+from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication, load_sources
 from walstream.migrate import migrate
 from walstream.reader import ChangeReader, widen_xid
-from walstream.replication import ensure_slot, parse_lsn
+from walstream.replication import parse_lsn
 
 
 def setup_source(dsn: str) -> int:
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, big text)")
-        ensure_slot(conn, SLOT_NAME)
+        ensure_slot_and_publication(conn)
         row = conn.execute("SELECT 't'::regclass::oid").fetchone()
         assert row is not None
         oid = int(row[0])
