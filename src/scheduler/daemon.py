@@ -103,11 +103,12 @@ class Daemon:
         try:
             self._loop()
         finally:
-            self.reader.stop()
+            # workers first: a refresh in flight finishes, and it needs the reader to
             for _ in workers:
                 self._jobs.put(None)
             for worker in workers:
                 worker.join(timeout=30)
+            self.reader.stop()
             reader.join(timeout=30)
             log.info("daemon stopped")
 

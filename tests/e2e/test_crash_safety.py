@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +33,15 @@ def own_cluster() -> Iterator[LocalCluster]:
         cluster.destroy()
 
 
-def start_daemon(dsn: str) -> subprocess.Popen[bytes]:
+def start_daemon(dsn: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGTRICKLE_CHECK_REFRESH": "1", "PGTRICKLE_LOG_LEVEL": "warning"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "walstream.cli", "run", "--dsn", dsn],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "walstream.cli", "run", "--dsn", dsn],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
 
 
 class Writers:
@@ -68,7 +71,7 @@ class Writers:
 
 
 def test_kill_9_and_a_server_crash_lose_nothing_and_apply_nothing_twice(
-    own_cluster: LocalCluster,
+    own_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     seed = int(os.environ.get("PGTRICKLE_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
@@ -77,7 +80,8 @@ def test_kill_9_and_a_server_crash_lose_nothing_and_apply_nothing_twice(
     create_schema(dsn)
     apply(dsn, parse_declarations(STREAM_TABLES_YAML, "test.yaml"))
 
-    daemon = start_daemon(dsn)
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(dsn, log)
     try:
         with Writers(dsn) as writers:
             for round_no in range(4):
@@ -88,7 +92,7 @@ def test_kill_9_and_a_server_crash_lose_nothing_and_apply_nothing_twice(
                     continue
                 daemon.send_signal(signal.SIGKILL)
                 daemon.wait()
-                daemon = start_daemon(dsn)
+                daemon = start_daemon(dsn, log)
             time.sleep(1.0)
         committed = sum(w.stats.committed for w in writers.writers)
         wait_caught_up(dsn, timeout=120)
