@@ -28,7 +28,8 @@ from walstream.apply import apply
 from walstream.catalog import get_stream_table
 from walstream.declarations import parse_declarations
 from walstream.devcluster import LocalCluster, temporary_cluster
-from walstream.position import SlotPosition
+from walstream.reader import ChangeReader
+from walstream.replication import parse_lsn
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -109,10 +110,12 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
             " qty int NOT NULL)"
         )
         conn.execute(
-            "INSERT INTO items SELECT g, g % 1000, (g % 997) / 10.0, g % 7"
+            "INSERT INTO items SELECT g, g %% 1000, (g %% 997) / 10.0, g %% 7"
             " FROM generate_series(1, %s) g",
             (rows,),
         )
+        conn.commit()
+        conn.autocommit = True
         conn.execute("VACUUM ANALYZE items")
     apply(
         dsn,
@@ -125,25 +128,27 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
         ),
     )
     results = []
-    position = SlotPosition(dsn)
-    with Refresher(dsn, position) as refresher, psycopg.connect(dsn, autocommit=True) as conn:
+    # a reader running beside the refreshes, as in the daemon
+    reader = ChangeReader(dsn)
+    reader_thread = threading.Thread(target=reader.run, daemon=True)
+    reader_thread.start()
+    with Refresher(dsn, reader) as refresher, psycopg.connect(dsn, autocommit=True) as conn:
         for name in ("priced", "by_group"):
             for share in (0.001, 0.01):
                 changed = int(rows * share)
                 diff_ms, full_ms, wait_ms = [], [], []
                 for _ in range(repeats):
                     conn.execute(
-                        "UPDATE items SET qty = qty + 1, grp = (grp + 1) % 1000 WHERE id IN"
+                        "UPDATE items SET qty = qty + 1, grp = (grp + 1) %% 1000 WHERE id IN"
                         " (SELECT (random() * %s)::bigint + 1 FROM generate_series(1, %s))",
                         (rows - 1, changed),
                     )
                     # catch the reader up first: the benchmark times the refresh, not decoding
                     st = get_stream_table(conn, name)
+                    conn.execute("SELECT pg_logical_emit_message(true, 'bench', '')")
                     lsn_row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
                     assert lsn_row is not None
-                    from walstream.replication import parse_lsn
-
-                    position.wait_for(parse_lsn(lsn_row[0]), 120)
+                    reader.wait_for(parse_lsn(lsn_row[0]), 120)
                     result = refresher.refresh(st)
                     diff_ms.append(result.timings["total_ms"])
                     wait_ms.append(result.timings.get("wait_ms", 0.0))
@@ -159,7 +164,8 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
                         "wait_ms": statistics.median(wait_ms),
                     }
                 )
-    position.close()
+    reader.stop()
+    reader_thread.join()
     return results
 
 
