@@ -1,0 +1,376 @@
+"""Execute mode: maintain a compiled plan in a real database and compare with the query.
+
+A :class:`Maintained` stream table is created from ``storage_query`` like the executor does;
+each round snapshots the sources, applies random changes, stages the Z-set difference
+(-1 per removed row version, +1 per added one, plus cancelling noise pairs) into the
+``pg_temp`` delta tables, runs ``apply_sql()`` and checks the storage against the query.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dvm.catalog import CatalogFacts, Column, SourceTable
+from dvm.compile import compile_query, delta_relation
+from dvm.plan import ApplyStrategy, DeltaPlan
+
+Value = Any
+Generator = Callable[[random.Random], Value]
+
+
+def catalog_of(conn: psycopg.Connection[Any]) -> CatalogFacts:
+    """The user tables of the database, as the service would describe them."""
+    tables: dict[tuple[str, str], SourceTable] = {}
+    rows = conn.execute(
+        "SELECT c.oid, n.nspname, c.relname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'"
+        " AND c.relkind = 'r'"
+    ).fetchall()
+    for oid, schema, name in rows:
+        columns = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        ).fetchall()
+        key = conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+            (oid,),
+        ).fetchall()
+        tables[(schema, name)] = SourceTable(
+            int(oid),
+            schema,
+            name,
+            tuple(Column(n, t, bool(nn)) for n, t, nn in columns),
+            tuple(k for (k,) in key),
+        )
+    return CatalogFacts(tables)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A source table for random changes: column generators; ``id`` is the key if keyed."""
+
+    name: str
+    ddl: str
+    generators: dict[str, Generator]
+    keyed: bool
+    initial_rows: int
+    ids: int = 60
+    """Keys are drawn from 1..ids (while free), so that joins find partners."""
+    key: str = "id"
+
+
+def _maybe_null(rng: random.Random, value: Value, chance: float = 0.15) -> Value:
+    return None if rng.random() < chance else value
+
+
+SPECS = {
+    "orders": TableSpec(
+        "orders",
+        "CREATE TABLE orders (id integer PRIMARY KEY, cid integer, amount numeric(12,2),"
+        " qty integer NOT NULL, heavy bigint, note text)",
+        {
+            "cid": lambda r: _maybe_null(r, r.randint(1, 6)),
+            "amount": lambda r: _maybe_null(r, Decimal(r.randint(0, 2000)) / 100),
+            "qty": lambda r: r.randint(0, 7),
+            "heavy": lambda r: _maybe_null(r, r.randint(-(2**40), 2**40)),
+            "note": lambda r: _maybe_null(r, r.choice(["a", "b", "c", "", "Zz"])),
+        },
+        keyed=True,
+        initial_rows=30,
+    ),
+    "customers": TableSpec(
+        "customers",
+        "CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, region text,"
+        " info json)",
+        {
+            "name": lambda r: r.choice(["ann", "bob", "cy", "dee"]),
+            "region": lambda r: _maybe_null(r, r.choice(["north", "south", "east"])),
+            "info": lambda r: _maybe_null(r, r.choice(['{"a": 1}', '{"a":1}', "[]"])),
+        },
+        keyed=True,
+        initial_rows=5,
+        ids=8,
+    ),
+    "events": TableSpec(
+        "events",
+        "CREATE TABLE events (kind text, v integer, w double precision)",
+        {
+            "kind": lambda r: _maybe_null(r, r.choice(["x", "y", "z"])),
+            "v": lambda r: _maybe_null(r, r.randint(0, 4)),
+            "w": lambda r: _maybe_null(r, r.randint(-8, 8) / 2),
+        },
+        keyed=False,
+        initial_rows=25,
+    ),
+    "tags": TableSpec(
+        "tags",
+        "CREATE TABLE tags (cid integer, tag text, kind text)",
+        {
+            "cid": lambda r: _maybe_null(r, r.randint(0, 6)),
+            "kind": lambda r: _maybe_null(r, r.choice(["x", "y", "w"])),
+            "tag": lambda r: r.choice(["red", "green", "blue"]),
+        },
+        keyed=False,
+        initial_rows=15,
+    ),
+    "Odd Table": TableSpec(
+        "Odd Table",
+        'CREATE TABLE "Odd Table" ("Id" integer PRIMARY KEY, "Grp" text, "select" integer)',
+        {
+            "Grp": lambda r: _maybe_null(r, r.choice(["A", "a", "B"])),
+            "select": lambda r: _maybe_null(r, r.randint(-3, 3)),
+        },
+        keyed=True,
+        initial_rows=10,
+        ids=20,
+        key="Id",
+    ),
+}
+
+
+def create_tables(conn: psycopg.Connection[Any], names: Sequence[str], rng: random.Random) -> None:
+    for name in names:
+        spec = SPECS[name]
+        conn.execute(sql.SQL(spec.ddl))
+        for _ in range(spec.initial_rows):
+            _insert(conn, spec, rng)
+    conn.commit()
+
+
+def _row(spec: TableSpec, rng: random.Random) -> dict[str, Value]:
+    return {column: generate(rng) for column, generate in spec.generators.items()}
+
+
+def _insert(conn: psycopg.Connection[Any], spec: TableSpec, rng: random.Random) -> None:
+    row = _row(spec, rng)
+    if spec.keyed:
+        row = {spec.key: _fresh_id(conn, spec, rng), **row}
+    _insert_row(conn, spec.name, row)
+
+
+def _insert_row(conn: psycopg.Connection[Any], table: str, row: dict[str, Value]) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        ),
+        list(row.values()),
+    )
+
+
+def _fresh_id(conn: psycopg.Connection[Any], spec: TableSpec, rng: random.Random) -> int:
+    used = {
+        i
+        for (i,) in conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(spec.key), sql.Identifier(spec.name))
+        )
+    }
+    free = [i for i in range(1, spec.ids + 1) if i not in used]
+    return rng.choice(free) if free else max(used) + 1
+
+
+def _ctids(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    rows = conn.execute(
+        sql.SQL("SELECT ctid::text FROM {} ORDER BY ctid").format(sql.Identifier(table))
+    )
+    return [ctid for (ctid,) in rows]
+
+
+def mutate(conn: psycopg.Connection[Any], spec: TableSpec, rng: random.Random) -> None:
+    """One random change: insert, delete, update of values or keys, or a duplicate."""
+    ctids = _ctids(conn, spec.name)
+    action = rng.choice(["insert", "delete", "update", "update", "duplicate"])
+    if not ctids or action == "insert":
+        _insert(conn, spec, rng)
+        return
+    ctid = rng.choice(ctids)
+    table = sql.Identifier(spec.name)
+    if action == "delete":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = %s::tid").format(table), (ctid,))
+    elif action == "duplicate":
+        if spec.keyed:
+            conn.execute(
+                sql.SQL("UPDATE {} SET {} = %s WHERE ctid = %s::tid").format(
+                    table, sql.Identifier(spec.key)
+                ),
+                (_fresh_id(conn, spec, rng), ctid),
+            )
+        else:
+            conn.execute(
+                sql.SQL("INSERT INTO {0} SELECT * FROM {0} WHERE ctid = %s::tid").format(table),
+                (ctid,),
+            )
+    else:
+        columns = rng.sample(sorted(spec.generators), rng.randint(1, 2))
+        values = [spec.generators[c](rng) for c in columns]
+        conn.execute(
+            sql.SQL("UPDATE {} SET {} WHERE ctid = %s::tid").format(
+                table,
+                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns),
+            ),
+            [*values, ctid],
+        )
+
+
+class Maintained:
+    """A stream table maintained by a compiled plan, checked after every refresh."""
+
+    def __init__(self, conn: psycopg.Connection[Any], query: str, name: str = "st") -> None:
+        self.conn = conn
+        self.query = query
+        self.storage = sql.Identifier("public", name)
+        self.plan: DeltaPlan = compile_query(query, catalog_of(conn), ("public", name))
+        assert self.plan.differentiable, self.plan.reasons
+        conn.execute(
+            sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
+                self.storage,
+                sql.SQL(self.plan.storage_query),
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} {}").format(self.storage, sql.SQL(self.plan.storage_query))
+        )
+        conn.commit()
+        self.check("initial population")
+
+    def snapshot(self) -> None:
+        for source in self.plan.sources:
+            self.conn.execute(
+                sql.SQL(
+                    "DROP TABLE IF EXISTS {0}; CREATE TEMP TABLE {0} AS SELECT * FROM {1}"
+                ).format(
+                    sql.Identifier(f"before_{source.name}"),
+                    sql.Identifier(source.schema, source.name),
+                )
+            )
+        self.conn.commit()
+
+    def stage(self, rng: random.Random, noise: int | None = None) -> int:
+        """Stage each source's delta, with ``noise`` (default: 0 to 2) cancelling pairs per
+        source; returns the number of staged rows."""
+        staged = 0
+        for source in self.plan.sources:
+            delta = sql.Identifier("pg_temp", delta_relation(source))
+            columns = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
+                for c in source.columns
+            )
+            base = sql.Identifier(source.schema, source.name)
+            before = sql.Identifier(f"before_{source.name}")
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(delta))
+            self.conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} (__pgt_w integer, {})").format(
+                    sql.Identifier(delta_relation(source)), columns
+                )
+            )
+            # Differences compared as text, so that types without equality (json) work too.
+            for weight, old, new in ((-1, before, base), (1, base, before)):
+                self.conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {delta} SELECT %s, (d.r::{base}).* FROM"
+                        " (SELECT ROW(x.*)::text AS r FROM {old} AS x EXCEPT ALL"
+                        " SELECT ROW(y.*)::text FROM {new} AS y) AS d"
+                    ).format(delta=delta, base=base, old=old, new=new),
+                    (weight,),
+                )
+            # Noise: an unchanged row deleted and re-inserted (an UPDATE that changes nothing).
+            ctids = _ctids(self.conn, source.name)
+            pairs = rng.randint(0, 2) if noise is None else noise
+            for ctid in rng.sample(ctids, min(len(ctids), pairs)):
+                for weight in (-1, 1):
+                    self.conn.execute(
+                        sql.SQL("INSERT INTO {} SELECT %s, * FROM {} WHERE ctid = %s::tid").format(
+                            delta, base
+                        ),
+                        (weight, ctid),
+                    )
+            row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(delta)).fetchone()
+            staged += int(row[0]) if row else 0
+        return staged
+
+    def delta_rows(self) -> list[tuple[Any, ...]]:
+        assert self.plan.delta_query is not None
+        return self.conn.execute(sql.SQL(self.plan.delta_query)).fetchall()
+
+    def refresh(self) -> None:
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL(self.plan.apply_sql()))
+            self.check("after refresh")
+        self.conn.commit()
+
+    def check(self, when: str) -> None:
+        """Storage equals the query (as text rows, a multiset) and its own recomputation."""
+        user = sql.SQL(", ").join(map(sql.Identifier, self.plan.user_columns))
+        everything = sql.SQL(", ").join(
+            map(
+                sql.Identifier,
+                self.plan.hidden_columns[:1]
+                + self.plan.user_columns
+                + self.plan.hidden_columns[1:],
+            )
+        )
+        query = sql.SQL(self.query)
+        stored = sql.SQL("SELECT (ROW({})::text) AS r FROM {}").format(user, self.storage)
+        expected = sql.SQL("SELECT (ROW(q.*)::text) AS r FROM ({}\n) AS q").format(query)
+        self._same(stored, expected, f"{when}: storage vs the defining query")
+        full = sql.SQL("SELECT (ROW({})::text) AS r FROM {}").format(everything, self.storage)
+        recomputed = sql.SQL("SELECT (ROW(q.*)::text) AS r FROM ({}\n) AS q").format(
+            sql.SQL(self.plan.storage_query)
+        )
+        self._same(full, recomputed, f"{when}: storage vs storage_query (row ids, aux)")
+        if self.plan.apply_strategy is ApplyStrategy.KEYED:
+            duplicates = self.conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM (SELECT __pgt_row_id FROM {} GROUP BY 1"
+                    " HAVING count(*) > 1) AS d"
+                ).format(self.storage)
+            ).fetchone()
+            assert duplicates == (0,), f"{when}: duplicate row ids in keyed storage"
+
+    def _same(self, left: sql.Composable, right: sql.Composable, what: str) -> None:
+        diff = self.conn.execute(
+            sql.SQL(
+                "(SELECT 'missing' AS side, r FROM ({1}) AS b EXCEPT ALL"
+                " SELECT 'missing', r FROM ({0}) AS a)"
+                " UNION ALL (SELECT 'extra', r FROM ({0}) AS a EXCEPT ALL"
+                " SELECT 'extra', r FROM ({1}) AS b) LIMIT 20"
+            ).format(left, right)
+        ).fetchall()
+        assert not diff, f"{what}: {diff}\nquery: {self.query}\ndelta: {self.plan.delta_query}"
+
+
+def run_rounds(
+    conn: psycopg.Connection[Any],
+    query: str,
+    tables: Sequence[str],
+    seed: int,
+    rounds: int = 6,
+) -> Maintained:
+    """Create ``tables``, maintain ``query`` over ``rounds`` of random changes, check each."""
+    rng = random.Random(seed)
+    create_tables(conn, tables, rng)
+    maintained = Maintained(conn, query)
+    for number in range(rounds):
+        maintained.snapshot()
+        for _ in range(rng.randint(1, 12)):
+            mutate(conn, SPECS[rng.choice(list(tables))], rng)
+        conn.commit()
+        maintained.stage(rng)
+        try:
+            maintained.refresh()
+        except Exception as error:
+            raise AssertionError(f"seed {seed}, round {number}: {error}") from error
+    return maintained

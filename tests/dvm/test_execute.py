@@ -1,0 +1,205 @@
+"""Execute mode: every supported shape, maintained over rounds of random changes."""
+
+from __future__ import annotations
+
+import random
+
+import psycopg
+import pytest
+
+from tests.dvm.harness import Maintained, create_tables, run_rounds
+from tests.fixtures.plugin import Database
+
+SEEDS = [1, 2]
+SOAK_SEEDS = list(range(100, 120))
+
+SHAPES = {
+    "filter_project_keyed": (
+        "SELECT id, cid, amount * 2 AS doubled, upper(note) AS loud FROM orders WHERE qty > 2",
+        ["orders"],
+    ),
+    "star_keyed_json": ("SELECT * FROM customers", ["customers"]),
+    "filter_project_keyless": (
+        "SELECT kind, v + 1 AS v1, w FROM events WHERE v IS DISTINCT FROM 3",
+        ["events"],
+    ),
+    "order_by_ignored": ("SELECT id, note FROM orders ORDER BY note", ["orders"]),
+    "join_keyed": (
+        "SELECT o.id, o.amount, c.name, c.region FROM orders o JOIN customers c"
+        " ON o.cid = c.id WHERE o.qty > 0",
+        ["orders", "customers"],
+    ),
+    "join_comma": (
+        "SELECT o.id, c.region FROM orders o, customers c"
+        " WHERE o.cid = c.id AND c.region <> 'east'",
+        ["orders", "customers"],
+    ),
+    "join_star_keyed_keyless": (
+        "SELECT * FROM tags JOIN customers ON tags.cid = customers.id",
+        ["customers", "tags"],
+    ),
+    "join_keyless": (
+        "SELECT e.kind, t.tag FROM events e JOIN tags t ON e.v = t.cid",
+        ["events", "tags"],
+    ),
+    "self_join": (
+        "SELECT a.id, b.id AS other FROM orders a JOIN orders b ON a.cid = b.cid AND a.id < b.id",
+        ["orders"],
+    ),
+    "group_count_sum_avg": (
+        "SELECT cid, count(*) AS n, count(amount) AS na, sum(amount) AS total,"
+        " avg(qty) AS aq, avg(amount) AS aa, sum(qty) / count(*) AS ratio, sum(heavy),"
+        " avg(heavy) FROM orders GROUP BY cid",
+        ["orders"],
+    ),
+    "group_keyless": (
+        "SELECT kind, count(*), count(v) AS nv, sum(v), avg(v) FROM events GROUP BY kind",
+        ["events"],
+    ),
+    "group_expression": (
+        "SELECT qty % 3 AS bucket, count(*), sum(amount * qty) FROM orders GROUP BY 1",
+        ["orders"],
+    ),
+    "join_aggregate": (
+        "SELECT c.region, count(*), sum(o.amount), avg(o.qty) FROM orders o"
+        " JOIN customers c ON o.cid = c.id GROUP BY c.region",
+        ["orders", "customers"],
+    ),
+    "join_aggregate_keyless": (
+        "SELECT t.tag, count(*), sum(e.v) FROM events e JOIN tags t USING (kind) GROUP BY t.tag",
+        ["events", "tags"],
+    ),
+    "having_rescan": (
+        "SELECT cid, sum(qty), count(*) FROM orders GROUP BY cid HAVING count(*) > 4",
+        ["orders"],
+    ),
+    "scalar": ("SELECT count(*), sum(amount), avg(amount) FROM orders", ["orders"]),
+    "scalar_keyless_filtered": (
+        "SELECT count(*), sum(v) AS total FROM events WHERE v > 1",
+        ["events"],
+    ),
+    "float_sum_rescan": (
+        "SELECT kind, sum(w), avg(w), count(*) FROM events GROUP BY kind",
+        ["events"],
+    ),
+    "float_scalar_rescan": ("SELECT sum(w) FROM events", ["events"]),
+    "group_without_aggregates": (
+        "SELECT cid, qty > 3 AS big FROM orders GROUP BY cid, 2",
+        ["orders"],
+    ),
+    "quoted_names_filter": ('SELECT * FROM "Odd Table" WHERE "select" > -2', ["Odd Table"]),
+    "quoted_names_aggregate": (
+        'SELECT "Grp", count(*) AS "N", sum("select") AS "Σ" FROM "Odd Table" GROUP BY "Grp"',
+        ["Odd Table"],
+    ),
+    "scalar_having": ("SELECT count(*) FROM orders HAVING count(*) > 31", ["orders"]),
+    "having_join_keyless": (
+        "SELECT t.tag, count(*) FROM events e JOIN tags t ON t.cid = e.v"
+        " GROUP BY t.tag HAVING sum(e.v) > 3",
+        ["events", "tags"],
+    ),
+}
+
+
+@pytest.mark.pg15
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_maintained_table_equals_its_query(any_db: Database, shape: str, seed: int) -> None:
+    query, tables = SHAPES[shape]
+    with psycopg.connect(any_db.dsn) as conn:
+        run_rounds(conn, query, tables, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SOAK_SEEDS)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_maintained_table_equals_its_query_over_many_rounds(
+    db: Database, shape: str, seed: int
+) -> None:
+    query, tables = SHAPES[shape]
+    with psycopg.connect(db.dsn) as conn:
+        run_rounds(conn, query, tables, seed, rounds=25)
+
+
+NO_OP_SHAPES = ["filter_project_keyed", "join_keyed", "join_keyless", "group_count_sum_avg"]
+
+
+@pytest.mark.parametrize("shape", NO_OP_SHAPES)
+def test_changes_that_cancel_out_produce_an_empty_delta(db: Database, shape: str) -> None:
+    query, tables = SHAPES[shape]
+    rng = random.Random(7)
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, tables, rng)
+        maintained = Maintained(conn, query)
+        maintained.snapshot()
+        maintained.stage(rng, noise=5)
+        assert maintained.delta_rows() == []
+
+
+def test_an_update_of_a_keyed_source_is_one_upsert(db: Database) -> None:
+    rng = random.Random(8)
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, ["orders"], rng)
+        maintained = Maintained(conn, "SELECT id, note, qty FROM orders")
+        maintained.snapshot()
+        conn.execute(
+            "UPDATE orders SET note = 'changed', qty = qty + 1"
+            " WHERE id = (SELECT min(id) FROM orders)"
+        )
+        conn.commit()
+        maintained.stage(rng, noise=0)
+        rows = maintained.delta_rows()
+        assert [(action, note) for _, action, _, note, _ in rows] == [("U", "changed")]
+        maintained.refresh()
+
+
+def test_a_primary_key_update_deletes_the_old_row_id(db: Database) -> None:
+    rng = random.Random(9)
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, ["orders"], rng)
+        maintained = Maintained(conn, "SELECT id, note FROM orders")
+        maintained.snapshot()
+        conn.execute("UPDATE orders SET id = 1000 WHERE id = (SELECT min(id) FROM orders)")
+        conn.commit()
+        maintained.stage(rng, noise=0)
+        assert sorted(action for _, action, *_ in maintained.delta_rows()) == ["D", "U"]
+        maintained.refresh()
+
+
+def test_a_group_emptied_by_deletes_is_deleted(db: Database) -> None:
+    rng = random.Random(10)
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, ["orders"], rng)
+        maintained = Maintained(conn, "SELECT cid, count(*) FROM orders GROUP BY cid")
+        maintained.snapshot()
+        conn.execute("DELETE FROM orders WHERE cid = 1")
+        conn.commit()
+        maintained.stage(rng, noise=0)
+        assert [action for _, action, *_ in maintained.delta_rows()] == ["D"]
+        maintained.refresh()
+
+
+def test_a_scalar_aggregate_keeps_its_row_when_the_table_empties(db: Database) -> None:
+    rng = random.Random(11)
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, ["orders"], rng)
+        maintained = Maintained(conn, "SELECT count(*) AS n, sum(qty) AS total FROM orders")
+        maintained.snapshot()
+        conn.execute("DELETE FROM orders")
+        conn.commit()
+        maintained.stage(rng, noise=0)
+        maintained.refresh()
+        assert conn.execute("SELECT n, total FROM st").fetchall() == [(0, None)]
+
+
+def test_generated_sql_keeps_the_meaning_of_literals_and_operators(db: Database) -> None:
+    query = (
+        "SELECT id, 'it''s' AS quote, 'a\\b' AS backslash, $$x'y$$ AS dollar, E'\\t' AS tab,"
+        " note || '-' AS concatenated, note ~ '^[ab]' AS matches, qty::numeric / 3 AS third,"
+        " date_part('year', DATE '2020-02-01') AS year, 2 ^ qty AS power, qty % 3 AS modulo,"
+        " -qty AS negated FROM orders -- a comment"
+    )
+    with psycopg.connect(db.dsn) as conn:
+        create_tables(conn, ["orders"], random.Random(12))
+        maintained = Maintained(conn, query)
+        maintained.check("literals")

@@ -1,0 +1,101 @@
+"""Single refreshes: TRUNCATE, updates of columns nobody reads, pruning of applied changes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from scheduler.daemon import prune_buffers
+from scheduler.refresh import RefreshAction, Refresher
+from tests.fixtures.plugin import Database
+from tests.fixtures.streams import mismatched
+from walstream.apply import apply
+from walstream.capture import load_sources
+from walstream.catalog import get_stream_table
+from walstream.declarations import parse_declarations
+from walstream.reader import ChangeReader
+from walstream.replication import parse_lsn
+from walstream.workload import create_schema
+
+YAML = """
+stream_tables:
+  - name: paid
+    query: SELECT id, amount FROM orders WHERE status = 'paid'
+    refresh_mode: differential
+"""
+
+
+@pytest.fixture
+def refresher(db: Database) -> Iterator[Refresher]:
+    create_schema(db.dsn, customers=10, orders=200, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    reader = ChangeReader(db.dsn)
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        with Refresher(db.dsn, reader, check=True) as refresher:
+            yield refresher
+    finally:
+        reader.stop()
+        thread.join()
+
+
+def refresh(refresher: Refresher) -> RefreshAction:
+    return refresher.refresh(get_stream_table(refresher.staging, "paid")).action
+
+
+def buffered_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        (source,) = load_sources(conn).values()
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source.buffer)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_truncate_of_a_source_reinitializes_the_stream_table(
+    refresher: Refresher, db: Database
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("TRUNCATE orders")
+        conn.execute("INSERT INTO orders VALUES (1, 1, 10, 'paid')")
+    assert refresh(refresher) == RefreshAction.FULL
+    assert mismatched(db.dsn) == {}
+
+
+def test_an_update_of_columns_the_query_does_not_read_is_no_work(
+    refresher: Refresher, db: Database
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET customer_id = customer_id + 1")
+    assert refresh(refresher) == RefreshAction.NO_DATA
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE status = 'paid'")
+    assert refresh(refresher) == RefreshAction.DIFFERENTIAL
+    assert mismatched(db.dsn) == {}
+
+
+def test_applied_changes_are_pruned_and_pending_ones_kept(
+    refresher: Refresher, db: Database
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+    refresh(refresher)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'new' WHERE id <= 5")
+        conn.execute("SELECT pg_logical_emit_message(true, 't', '')")
+    # buffered, but not applied yet: pruning must keep it for the next refresh
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert lsn is not None
+        assert refresher.waiter.wait_for(parse_lsn(lsn[0]), 30)
+        prune_buffers(conn)
+    assert buffered_rows(db.dsn) == 5
+    refresh(refresher)
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        prune_buffers(conn)
+    assert buffered_rows(db.dsn) == 0
+    assert mismatched(db.dsn) == {}
