@@ -1,0 +1,135 @@
+"""The one statement that applies a delta query to the storage table.
+
+KEYED: a MERGE on ``__pgt_row_id`` (PostgreSQL 15: no RETURNING, no NOT MATCHED BY SOURCE).
+BAG: data-modifying CTEs that delete ``|w|`` physical copies of a row for ``w < 0`` (chosen
+by ctid) and insert ``w`` copies for ``w > 0``; the statement returns the two counts.
+
+>>> from dvm.dialect import parse_one, render_pretty
+>>> delta = parse_one("SELECT 1 AS __pgt_row_id, 'U' AS __pgt_action, 2 AS v")
+>>> statement = render_pretty(merge(("public", "st"), delta, ["v"]))
+>>> for line in statement.splitlines():
+...     if line.startswith(("MERGE", "ON", "WHEN")):
+...         print(line.split(" (")[0])
+MERGE INTO "public"."st" AS "__pgt_t"
+ON "__pgt_t"."__pgt_row_id" = "__pgt_d"."__pgt_row_id"
+WHEN MATCHED AND "__pgt_d"."__pgt_action" = 'D' THEN DELETE
+WHEN MATCHED AND "__pgt_d"."__pgt_action" = 'U' THEN UPDATE SET
+WHEN NOT MATCHED AND "__pgt_d"."__pgt_action" = 'U' THEN INSERT
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlglot import exp
+
+from dvm import sql
+from dvm.consolidate import ACTION, BAG_WEIGHT
+from dvm.zset import ROW_ID
+
+_TARGET, _SOURCE = "__pgt_t", "__pgt_d"
+
+
+def merge(storage: tuple[str, str], delta: exp.Query, columns: Sequence[str]) -> exp.Merge:
+    """MERGE ``delta`` (row id, action, ``columns``) into ``storage``."""
+
+    def action_is(value: str) -> exp.Expr:
+        return exp.EQ(this=sql.col(_SOURCE, ACTION), expression=sql.lit(value))
+
+    update = exp.Update(
+        expressions=[
+            exp.EQ(this=exp.Column(this=sql.ident(name)), expression=sql.col(_SOURCE, name))
+            for name in columns
+        ]
+    )
+    everything = [ROW_ID, *columns]
+    insert = exp.Insert(
+        this=exp.Tuple(expressions=[exp.Column(this=sql.ident(name)) for name in everything]),
+        expression=exp.Tuple(expressions=[sql.col(_SOURCE, name) for name in everything]),
+    )
+    whens = [
+        exp.When(matched=True, source=False, condition=action_is("D"), then=exp.var("DELETE")),
+    ]
+    if columns:
+        whens.append(exp.When(matched=True, source=False, condition=action_is("U"), then=update))
+    whens.append(exp.When(matched=False, source=False, condition=action_is("U"), then=insert))
+    return exp.Merge(
+        this=sql.table(*storage, alias=_TARGET),
+        using=delta.subquery(sql.ident(_SOURCE)),
+        on=exp.EQ(this=sql.col(_TARGET, ROW_ID), expression=sql.col(_SOURCE, ROW_ID)),
+        whens=exp.Whens(expressions=whens),
+    )
+
+
+def bag(storage: tuple[str, str], delta: exp.Query, columns: Sequence[str]) -> exp.Select:
+    """Apply ``delta`` (row id, weight, ``columns``) to a storage table holding duplicates."""
+    weight = sql.col(_SOURCE, BAG_WEIGHT)
+    numbered = (
+        exp.select(
+            sql.alias(sql.col("__pgt_s", "ctid"), "__pgt_ctid"),
+            sql.col("__pgt_s", ROW_ID),
+            sql.alias(
+                exp.Window(this=exp.RowNumber(), partition_by=[sql.col("__pgt_s", ROW_ID)]),
+                "__pgt_copy",
+            ),
+        )
+        .from_(sql.table(*storage, alias="__pgt_s"))
+        .where(
+            exp.In(
+                this=sql.col("__pgt_s", ROW_ID),
+                query=exp.select(sql.col(None, ROW_ID))
+                .from_(_SOURCE)
+                .where(exp.LT(this=sql.col(None, BAG_WEIGHT), expression=sql.lit(0)))
+                .subquery(),
+            ),
+            copy=False,
+        )
+    )
+    victims = (
+        exp.select(sql.col("__pgt_n", "__pgt_ctid"))
+        .from_(numbered.subquery(sql.ident("__pgt_n")))
+        .join(
+            exp.Table(this=sql.ident(_SOURCE), alias=exp.TableAlias(this=sql.ident(_SOURCE))),
+            on=exp.EQ(this=sql.col(_SOURCE, ROW_ID), expression=sql.col("__pgt_n", ROW_ID)),
+            copy=False,
+        )
+        .where(
+            exp.LTE(this=sql.col("__pgt_n", "__pgt_copy"), expression=exp.Neg(this=weight.copy())),
+            copy=False,
+        )
+    )
+    delete = exp.Delete(
+        this=sql.table(*storage, alias=_TARGET),
+        using=[victims.subquery(sql.ident("__pgt_v"))],
+        where=exp.Where(
+            this=exp.EQ(this=sql.col(_TARGET, "ctid"), expression=sql.col("__pgt_v", "__pgt_ctid"))
+        ),
+        returning=exp.Returning(expressions=[sql.lit(1)]),
+    )
+    everything = [ROW_ID, *columns]
+    copies = exp.select(*[sql.col(_SOURCE, name) for name in everything]).from_(
+        exp.Table(this=sql.ident(_SOURCE), alias=exp.TableAlias(this=sql.ident(_SOURCE)))
+    )
+    copies = copies.join(
+        exp.Table(this=exp.Anonymous(this="GENERATE_SERIES", expressions=[sql.lit(1), weight])),
+        join_type="cross",
+        copy=False,
+    ).where(exp.GT(this=weight.copy(), expression=sql.lit(0)), copy=False)
+    insert = exp.Insert(
+        this=exp.Schema(
+            this=sql.table(*storage),
+            expressions=[sql.ident(name) for name in everything],
+        ),
+        expression=copies,
+        returning=exp.Returning(expressions=[sql.lit(1)]),
+    )
+
+    def counted(cte: str, name: str) -> exp.Expr:
+        return sql.alias(exp.select(exp.Count(this=exp.Star())).from_(cte).subquery(), name)
+
+    return (
+        exp.select(counted("__pgt_deleted", "deleted"), counted("__pgt_inserted", "inserted"))
+        .with_(_SOURCE, as_=delta, copy=False)
+        .with_("__pgt_deleted", as_=delete, copy=False)
+        .with_("__pgt_inserted", as_=insert, copy=False)
+    )

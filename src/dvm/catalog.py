@@ -1,0 +1,65 @@
+"""Catalog facts the compiler needs about source tables, gathered by the caller.
+
+dvm never reads the catalog itself: the service looks tables up (``format_type()`` text for
+types, primary key columns in key order) and passes them in, so compiling stays pure.
+
+>>> t = SourceTable(16384, "public", "t", (Column("id", "integer", True),), ("id",))
+>>> CatalogFacts({("public", "t"): t}).lookup(None, "t") is t
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    """``format_type()`` text, e.g. ``integer``, ``numeric(12,2)``, ``double precision``."""
+    not_null: bool = False
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    """Empty for a keyless source: its rows have no identity (bag semantics)."""
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.primary_key)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+
+@dataclass(frozen=True)
+class CatalogFacts:
+    tables: Mapping[tuple[str, str], SourceTable]
+    search_path: tuple[str, ...] = ("public",)
+
+    def lookup(self, schema: str | None, name: str) -> SourceTable | None:
+        """The table ``schema.name``, or the first ``name`` along the search path."""
+        if schema is not None:
+            return self.tables.get((schema, name))
+        for candidate in self.search_path:
+            table = self.tables.get((candidate, name))
+            if table is not None:
+                return table
+        return None

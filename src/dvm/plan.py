@@ -1,0 +1,119 @@
+"""What the compiler hands the refresh executor: a DeltaPlan.
+
+>>> from dvm.catalog import CatalogFacts, Column, SourceTable
+>>> from dvm.compile import compile_query
+>>> columns = (Column("id", "integer"), Column("v", "integer"))
+>>> t = SourceTable(16384, "public", "t", columns, ("id",))
+>>> plan = compile_query("select v from t", CatalogFacts({("public", "t"): t}), ("public", "st"))
+>>> print(plan.explain())
+refresh: differential
+apply: keyed (row id: hash of the primary key)
+columns: v
+hidden: __pgt_row_id
+sources: public.t (oid 16384) reads id, v
+Project "t"."v"
+└─ Scan public.t AS t [keyed by id] reads id, v
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sqlglot import exp
+
+from dvm import apply
+from dvm.catalog import SourceTable
+from dvm.dialect import parse_one, render
+from dvm.operators import Aggregate, Operator, Project, explain_tree, scans
+
+ROW_ID_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+)
+"""Settings that change the text of values, hence row ids (``hashtextextended(ROW(..)::text)``).
+
+Every session that populates a storage table or applies a delta must use these values (e.g.
+``SET LOCAL`` in the refresh transaction), and one unchanging ``TimeZone``: otherwise the
+same row gets another id and keyed storage collects duplicates.
+"""
+
+
+class RefreshMode(StrEnum):
+    FULL = "full"
+    DIFFERENTIAL = "differential"
+    IMMEDIATE = "immediate"
+    AUTO = "auto"
+
+
+class ApplyStrategy(StrEnum):
+    KEYED = "keyed"
+    """Row ids are unique in storage; the delta upserts or deletes one row per id (MERGE)."""
+    BAG = "bag"
+    """Duplicates allowed (a keyless source); the delta adds or removes copies."""
+
+
+@dataclass(frozen=True)
+class DeltaPlan:
+    query: str
+    sources: tuple[SourceTable, ...]
+    columns_read: Mapping[int, tuple[str, ...]]
+    user_columns: tuple[str, ...]
+    hidden_columns: tuple[str, ...]
+    storage_query: str
+    delta_query: str | None
+    apply_strategy: ApplyStrategy
+    differentiable: bool
+    reasons: tuple[str, ...]
+    storage: tuple[str, str]
+    """(schema, name) of the storage table, as given to ``compile_query``."""
+    tree: Operator | None = field(default=None, compare=False)
+    """The operator tree of a differentiable plan."""
+
+    @property
+    def aux_columns(self) -> tuple[str, ...]:
+        return self.hidden_columns[1:]
+
+    def explain(self) -> str:
+        """The operator tree and the strategies, as ``pgtrickle explain`` prints them."""
+        lines = [
+            f"refresh: {'differential' if self.differentiable else 'full only'}",
+            f"apply: {self.apply_strategy.value} (row id: {self._row_identity()})",
+            f"columns: {', '.join(self.user_columns)}",
+            f"hidden: {', '.join(self.hidden_columns)}",
+        ]
+        for source in self.sources:
+            read = ", ".join(self.columns_read.get(source.oid, ()))
+            lines.append(f"sources: {source.qualified_name} (oid {source.oid}) reads {read}")
+        lines.extend(f"note: {reason}" for reason in self.reasons)
+        if self.tree is not None:
+            lines.extend(explain_tree(self.tree))
+        return "\n".join(lines)
+
+    def _row_identity(self) -> str:
+        node = self.tree
+        if node is None:
+            return "hash of the whole row"
+        if isinstance(node, Project) and isinstance(node.input, Aggregate):
+            return "hash of the group key" if node.input.group_by else "constant (one row)"
+        if self.apply_strategy is ApplyStrategy.BAG:
+            return "hash of the output values"
+        return "hash of both rows' ids" if len(scans(node)) > 1 else "hash of the primary key"
+
+    def apply_sql(self) -> str:
+        """ONE statement applying ``delta_query`` to the storage table.
+
+        KEYED: a MERGE on ``__pgt_row_id``. BAG: data-modifying CTEs that delete and insert
+        copies, returning one row ``(deleted, inserted)``.
+        """
+        if self.delta_query is None:
+            raise ValueError("a plan that is not differentiable has no delta to apply")
+        delta = parse_one(self.delta_query)
+        assert isinstance(delta, exp.Query)
+        columns = [*self.user_columns, *self.aux_columns]
+        if self.apply_strategy is ApplyStrategy.KEYED:
+            return render(apply.merge(self.storage, delta, columns))
+        return render(apply.bag(self.storage, delta, columns))

@@ -1,0 +1,67 @@
+"""Small builders for the SQL dvm generates: quoted identifiers, row ids, casts.
+
+Every user-supplied name goes through :func:`ident`, so it is always quoted.
+
+>>> from dvm.dialect import render
+>>> render(col("o", "amount"))
+'"o"."amount"'
+>>> render(row_hash([col("t", "id")]))
+'HASHTEXTEXTENDED(CAST(ROW("t"."id") AS TEXT), 0)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlglot import exp
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def col(table: str | None, name: str) -> exp.Column:
+    return exp.Column(this=ident(name), table=ident(table) if table is not None else None)
+
+
+def table(schema: str | None, name: str, alias: str | None = None) -> exp.Table:
+    node = exp.Table(this=ident(name), db=ident(schema) if schema is not None else None)
+    if alias is not None:
+        node.set("alias", exp.TableAlias(this=ident(alias)))
+    return node
+
+
+def alias(expression: exp.Expr, name: str) -> exp.Alias:
+    return exp.Alias(this=expression, alias=ident(name))
+
+
+def lit(value: int | str) -> exp.Expr:
+    return exp.Literal.number(value) if isinstance(value, int) else exp.Literal.string(value)
+
+
+def cast(expression: exp.Expr, to: str) -> exp.Cast:
+    return exp.Cast(this=expression, to=exp.DataType.build(to, dialect="postgres"))
+
+
+def func(name: str, *args: exp.Expr) -> exp.Anonymous:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def row_text(values: Sequence[exp.Expr]) -> exp.Expr:
+    """``ROW(v1, v2, ...)::text``: a NULL-safe canonical text of any values."""
+    return cast(func("ROW", *[value.copy() for value in values]), "text")
+
+
+def row_hash(values: Sequence[exp.Expr]) -> exp.Expr:
+    """A bigint row id: ``hashtextextended(ROW(values)::text, 0)``."""
+    return func("HASHTEXTEXTENDED", row_text(values), lit(0))
+
+
+def coalesce_zero(expression: exp.Expr) -> exp.Expr:
+    return exp.Coalesce(this=expression, expressions=[lit(0)])
+
+
+def and_all(conditions: Sequence[exp.Expr]) -> exp.Expr | None:
+    if not conditions:
+        return None
+    return exp.and_(*[c.copy() for c in conditions], copy=False)
