@@ -30,6 +30,7 @@ from walstream.capture import CapturedSource, buffer_columns, load_sources
 from walstream.catalog import StreamTable
 from walstream.migrate import LOCK_CLASS
 from walstream.replication import format_lsn, parse_lsn
+from walstream.sessions import pin_storage_settings
 
 log = structlog.get_logger("pgtrickle.refresh")
 
@@ -102,6 +103,7 @@ class Refresher:
         self.waiter = waiter
         self.check = check_mode_enabled() if check is None else check
         self.conn: psycopg.Connection[Any] = psycopg.connect(dsn, autocommit=True)
+        pin_storage_settings(self.conn)
         self.staging: psycopg.Connection[Any] = psycopg.connect(dsn, autocommit=True)
         self.staging.execute("SET synchronous_commit = on")
         self.segment_size = wal_segment_size(self.conn)
@@ -157,7 +159,11 @@ class Refresher:
                         result.action = RefreshAction.DIFFERENTIAL
                         result.delta_rows = staged
                         cur = self.conn.execute(st.plan["apply_sql"].encode())
-                        result.rows_changed = max(cur.rowcount, 0)
+                        if st.plan["apply_strategy"] == "bag":
+                            counts = cur.fetchone()  # (deleted, inserted)
+                            result.rows_changed = sum(counts) if counts else 0
+                        else:
+                            result.rows_changed = max(cur.rowcount, 0)
                     else:
                         result.action = RefreshAction.NO_DATA
                     timings["apply_ms"] = _ms(t0)

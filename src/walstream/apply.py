@@ -32,6 +32,7 @@ from walstream.catalog import StreamTable, catalog_facts, list_stream_tables
 from walstream.declarations import Declarations, StreamTableDecl
 from walstream.errors import InvalidDeclaration, InvalidQuery, PgTrickleError, UnsupportedQuery
 from walstream.migrate import migrate
+from walstream.sessions import pin_storage_settings
 
 log = structlog.get_logger("pgtrickle.apply")
 
@@ -221,6 +222,7 @@ def create_stream_table(conn: psycopg.Connection[Any], change: Change) -> None:
             ).fetchone()
             assert row is not None
             snapshot, lsn = row
+            pin_storage_settings(conn, local=True)
             conn.execute(
                 sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(target, storage_query)
             )
