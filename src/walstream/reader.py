@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import structlog
@@ -110,6 +110,9 @@ class ChangeReader:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._relations: dict[int, Relation] = {}
+        # per captured relation: for each buffer column, its position in pgoutput's tuples
+        self._layouts: dict[int, Layout] = {}
+        self._suspend: dict[int, str] = {}
         self._sources: dict[int, CapturedSource] = {}
         self.truncated: set[int] = set()
         self.connected = threading.Event()
@@ -224,7 +227,7 @@ class ChangeReader:
                 assert txn is not None
                 if decoded.end_lsn <= buffered:
                     pass  # sent again after a restart; already in the buffers
-                elif txn.rows:
+                elif txn.rows or self._suspend:
                     if not batch:
                         batch.started = time.monotonic()
                     batch.transactions.append((txn, decoded.end_lsn))
@@ -246,52 +249,62 @@ class ChangeReader:
             elif txn is not None:
                 self._collect(txn, decoded)
             elif isinstance(decoded, Relation):
-                self._relations[decoded.oid] = decoded
+                self._on_relation(decoded)
 
     def _collect(self, txn: _Transaction, message: object) -> None:
         if isinstance(message, Relation):
-            self._relations[message.oid] = message
-            return
-        if isinstance(message, Insert):
-            source = self._source(message.relation_oid)
-            if source:
+            self._on_relation(message)
+        elif isinstance(message, Insert):
+            layout = self._layouts.get(message.relation_oid)
+            if layout is not None:
                 txn.add(
-                    source.oid, "I", (None,) * len(source.columns) + self._values(message.new, None)
+                    message.relation_oid, "I", (None,) * layout.width + _pick(message.new, layout)
                 )
         elif isinstance(message, Update):
-            source = self._source(message.relation_oid)
-            if source:
-                old = self._values(message.old or message.key or (), None)
-                txn.add(source.oid, "U", old + self._values(message.new, old))
+            layout = self._layouts.get(message.relation_oid)
+            if layout is not None:
+                old = _pick(message.old or message.key or (), layout)
+                txn.add(message.relation_oid, "U", old + _pick(message.new, layout, old))
         elif isinstance(message, Delete):
-            source = self._source(message.relation_oid)
-            if source:
-                old = self._values(message.old or message.key or (), None)
-                txn.add(source.oid, "D", old + (None,) * len(source.columns))
+            layout = self._layouts.get(message.relation_oid)
+            if layout is not None:
+                old = _pick(message.old or message.key or (), layout)
+                txn.add(message.relation_oid, "D", old + (None,) * layout.width)
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
-                source = self._source(oid)
-                if source:
-                    txn.add(source.oid, "T", (None,) * (2 * len(source.columns)))
+                layout = self._layouts.get(oid)
+                if layout is not None:
+                    txn.add(oid, "T", (None,) * (2 * layout.width))
 
-    def _source(self, oid: int) -> CapturedSource | None:
-        source = self._sources.get(oid)
+    def _on_relation(self, relation: Relation) -> None:
+        """Map the relation's columns onto its buffer's, by name.
+
+        A Relation message precedes a relation's first change in a session and follows any
+        change of its schema. Added columns are left out; a captured column that is gone
+        makes the source unusable, and the stream tables reading it are suspended.
+        """
+        self._relations[relation.oid] = relation
+        source = self._sources.get(relation.oid)
         if source is None:
-            # joined the publication after this reader loaded the sources
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 self._sources = load_captured_sources(conn)
-            source = self._sources.get(oid)
-        return source
-
-    @staticmethod
-    def _values(values: tuple[object, ...], old: Row | None) -> Row:
-        """Text values of a tuple; an unchanged TOAST value is the old row's value."""
-        if UNCHANGED_TOAST not in values:
-            return values  # type: ignore[return-value]
-        return tuple(
-            (old[i] if old else None) if v is UNCHANGED_TOAST else v  # type: ignore[misc]
-            for i, v in enumerate(values)
-        )
+            source = self._sources.get(relation.oid)
+        self._layouts.pop(relation.oid, None)
+        if source is None:
+            return  # published once, no longer captured: its changes are nobody's
+        names = [c.name for c in relation.columns]
+        missing = [c for c in source.columns if c not in names]
+        if missing:
+            self._suspend[relation.oid] = (
+                f'source "{source.schema}.{source.name}" changed: column(s)'
+                f" {', '.join(missing)} no longer exist; re-create the stream table"
+                " (pgtrickle apply after changing its query)"
+            )
+            log.error("source schema changed", source=source.name, missing=missing)
+            return
+        positions = tuple(names.index(c) for c in source.columns)
+        identity = positions == tuple(range(len(names)))
+        self._layouts[relation.oid] = Layout(None if identity else positions, len(positions))
 
     def _write(self, writer: psycopg.Connection[Any], batch: _Batch) -> None:
         # Our own xid, assigned now, is newer than every decoded one. (A snapshot's xmax is
@@ -315,6 +328,14 @@ class ChangeReader:
                     lsn_text = format_lsn(end_lsn)
                     for action, values in txn.rows[oid]:
                         copy.write_row((xid8, lsn_text, action, *values))
+        for oid, reason in self._suspend.items():
+            writer.execute(
+                "UPDATE pgtrickle.stream_tables SET status = 'suspended', last_error = %s"
+                " WHERE id IN (SELECT stream_table_id FROM pgtrickle.dependencies"
+                " WHERE source_oid = %s)",
+                (reason, oid),
+            )
+        self._suspend.clear()
         writer.execute(
             "INSERT INTO pgtrickle.reader_state (slot_name, buffered_lsn) VALUES (%s, %s)"
             " ON CONFLICT (slot_name) DO UPDATE SET buffered_lsn = excluded.buffered_lsn,"
@@ -325,3 +346,24 @@ class ChangeReader:
         self._advance(batch.end_lsn)
         if self.on_buffered is not None:
             self.on_buffered(set(per_source), batch.end_lsn)
+
+
+class Layout(NamedTuple):
+    """Where a buffer's columns are in pgoutput's tuples (None: the same places)."""
+
+    positions: tuple[int, ...] | None
+    width: int
+
+
+def _pick(values: tuple[object, ...], layout: Layout, old: Row | None = None) -> Row:
+    """The buffer's values from a pgoutput tuple; an unchanged TOAST value is the old one's."""
+    if layout.positions is None:
+        picked = values
+    else:
+        picked = tuple(values[i] if i < len(values) else None for i in layout.positions)
+    if UNCHANGED_TOAST not in picked:
+        return picked  # type: ignore[return-value]
+    return tuple(
+        (old[i] if old else None) if v is UNCHANGED_TOAST else v  # type: ignore[misc]
+        for i, v in enumerate(picked)
+    )

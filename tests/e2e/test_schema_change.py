@@ -1,0 +1,64 @@
+"""A source's schema changes: added columns are harmless; a dropped one suspends its readers."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from scheduler.progress import wait_caught_up
+from tests.fixtures.plugin import Database
+from tests.fixtures.streams import mismatched, running_daemon
+from walstream.apply import apply
+from walstream.declarations import parse_declarations
+from walstream.workload import create_schema
+
+YAML = """
+stream_tables:
+  - name: paid
+    query: SELECT id, amount FROM orders WHERE status = 'paid'
+    refresh_mode: differential
+  - name: regions
+    query: SELECT id, region FROM customers
+    refresh_mode: differential
+"""
+
+
+def status_of(dsn: str, name: str) -> tuple[str, str | None]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT status, last_error FROM pgtrickle.stream_tables WHERE name = %s", (name,)
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_an_added_column_changes_nothing_and_a_dropped_one_suspends(db: Database) -> None:
+    create_schema(db.dsn, customers=10, orders=100, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_daemon(db.dsn):
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders ADD COLUMN note text")
+            conn.execute("INSERT INTO orders VALUES (9001, 1, 5, 'paid', 'hello')")
+        wait_caught_up(db.dsn, timeout=60)
+        assert mismatched(db.dsn) == {}
+
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders DROP COLUMN amount")
+            conn.execute("INSERT INTO orders VALUES (9002, 1, 'paid', 'again')")
+            conn.execute("UPDATE customers SET region = 'moon' WHERE id = 1")
+        deadline = time.monotonic() + 30
+        while status_of(db.dsn, "paid")[0] != "suspended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, error = status_of(db.dsn, "paid")
+        assert status == "suspended"
+        assert error is not None and "amount" in error
+        # the service stays up: the other stream table keeps up
+        deadline = time.monotonic() + 30
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT region FROM regions WHERE id = 1").fetchone()
+                if row == ("moon",):
+                    break
+                time.sleep(0.05)
+        assert row == ("moon",)
