@@ -8,6 +8,7 @@ refresh that fails is retried with exponential backoff; the error is in the cata
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ from psycopg import sql
 
 from scheduler.dag import refresh_order
 from scheduler.refresh import Refresher, record_failure
-from scheduler.schedule import parse_schedule
+from scheduler.schedule import Schedule, parse_schedule
 from walstream.capture import ensure_slot_and_publication, load_sources
 from walstream.catalog import StreamTable, list_stream_tables
 from walstream.migrate import migrate
@@ -174,9 +175,7 @@ class Daemon:
                     now - state.dirty_since >= self.options.debounce
                 )
                 if not due:
-                    next_due = parse_schedule(state.st.schedule).next_due(
-                        state.st.last_refresh_at, wall
-                    )
+                    next_due = _schedule(state.st.schedule).next_due(state.st.last_refresh_at, wall)
                     due = next_due is not None and next_due <= wall
                 if due:
                     state.in_flight = True
@@ -233,6 +232,11 @@ class Daemon:
                 self._wake.set()
         if refresher is not None:
             refresher.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule(text: str) -> Schedule:
+    return parse_schedule(text)
 
 
 def _refreshed(st: StreamTable) -> StreamTable:

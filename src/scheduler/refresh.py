@@ -272,20 +272,11 @@ class Refresher:
         return max(cur.rowcount, 0)
 
     def _check_equal(self, st: StreamTable) -> None:
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in st.plan["user_columns"])
-        query = sql.SQL(st.plan["query"])
-        row = self.conn.execute(
-            sql.SQL(
-                "SELECT (SELECT count(*) FROM (SELECT {cols} FROM {st} EXCEPT ALL"
-                " SELECT * FROM ({q}) q) a), (SELECT count(*) FROM (SELECT * FROM ({q}) q"
-                " EXCEPT ALL SELECT {cols} FROM {st}) b)"
-            ).format(cols=columns, st=st.qualified_name, q=query)
-        ).fetchone()
-        assert row is not None
-        if row[0] or row[1]:
+        extra, missing = differences(self.conn, st)
+        if extra or missing:
             raise RefreshMismatch(
                 f'stream table "{st.display_name}" differs from its query after a refresh',
-                detail=f"{row[0]} extra rows, {row[1]} missing rows",
+                detail=f"{extra} extra rows, {missing} missing rows",
             )
 
     def _record(self, st: StreamTable, snapshot: str, result: RefreshResult) -> None:
@@ -320,6 +311,21 @@ class Refresher:
                 t.get("total_ms"),
             ),
         )
+
+
+def differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, int]:
+    """(rows only in the stream table, rows only in its query), compared as multisets."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in st.plan["user_columns"])
+    query = sql.SQL(st.plan["query"])
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM (SELECT {cols} FROM {st} EXCEPT ALL"
+            " SELECT * FROM ({q}) q) a), (SELECT count(*) FROM (SELECT * FROM ({q}) q"
+            " EXCEPT ALL SELECT {cols} FROM {st}) b)"
+        ).format(cols=columns, st=st.qualified_name, q=query)
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def record_failure(dsn: str, st: StreamTable, error: BaseException) -> None:

@@ -152,12 +152,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from walstream.status import status_rows
+    from walstream.status import reader_status, status_rows
 
-    rows = status_rows(_dsn(args))
+    dsn = _dsn(args)
+    rows = status_rows(dsn)
+    reader = reader_status(dsn)
     if args.json:
-        _print(args, rows, "")
+        _print(args, {"reader": reader, "stream_tables": rows}, "")
         return 0
+    if reader.get("confirmed_lsn"):
+        print(
+            f"reader: {'streaming' if reader['reader_active'] else 'not running'},"
+            f" confirmed {reader['confirmed_lsn']},"
+            f" WAL held by the slot: {reader['retained_wal_bytes'] / 1048576:.1f} MiB\n"
+        )
     if not rows:
         print("no stream tables")
         return 0

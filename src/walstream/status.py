@@ -8,7 +8,22 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from walstream.capture import SLOT_NAME
 from walstream.catalog import list_stream_tables
+
+
+def reader_status(dsn: str) -> dict[str, Any]:
+    """The slot: whether a reader streams from it, how far it confirmed, what WAL it holds."""
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT active AS reader_active, confirmed_flush_lsn::text AS confirmed_lsn,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_wal_bytes,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+            " AS unconfirmed_wal_bytes"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (SLOT_NAME,),
+        ).fetchone()
+    return dict(row) if row else {"reader_active": False, "slot": None}
 
 
 def status_rows(dsn: str) -> list[dict[str, Any]]:

@@ -53,7 +53,10 @@ def applied(db: Database, tmp_path: Path) -> Database:
 def test_status_reports_every_stream_table_as_json(applied: Database) -> None:
     result = pgtrickle("status", "--json", dsn=applied.dsn)
     assert result.returncode == 0, result.stderr
-    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    status = json.loads(result.stdout)
+    assert status["reader"]["reader_active"] is False
+    assert status["reader"]["retained_wal_bytes"] >= 0
+    rows = {r["name"]: r for r in status["stream_tables"]}
     assert rows["paid"]["effective_refresh_mode"] == "differential"
     assert rows["statuses"]["effective_refresh_mode"] == "full"
     assert rows["statuses"]["rows"] == 4
