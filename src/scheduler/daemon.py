@@ -130,6 +130,7 @@ class Daemon:
                         next_reload = now + self.options.reload_interval
                     if now >= next_prune:
                         prune_buffers(conn)
+                        prune_history(conn)
                         next_prune = now + self.options.prune_interval
                 except psycopg.OperationalError as exc:
                     log.warning("catalog connection lost", error=str(exc).strip())
@@ -243,6 +244,20 @@ def _refreshed(st: StreamTable) -> StreamTable:
     from dataclasses import replace
 
     return replace(st, last_refresh_at=datetime.now(UTC), status="active")
+
+
+HISTORY_KEPT_PER_STREAM_TABLE = 1000
+
+
+def prune_history(conn: psycopg.Connection[Any]) -> None:
+    """Keep the newest refreshes of each stream table (and every error of the last day)."""
+    conn.execute(
+        "DELETE FROM pgtrickle.refresh_history h USING (SELECT id, row_number() OVER"
+        " (PARTITION BY stream_table_id ORDER BY id DESC) AS n FROM pgtrickle.refresh_history) o"
+        " WHERE h.id = o.id AND o.n > %s"
+        " AND NOT (h.status = 'error' AND h.finished_at > now() - interval '1 day')",
+        (HISTORY_KEPT_PER_STREAM_TABLE,),
+    )
 
 
 def prune_buffers(conn: psycopg.Connection[Any]) -> int:

@@ -34,8 +34,10 @@ class Migration:
 
 
 def migrations_dir() -> Path:
+    # src/walstream/migrations links to the repository's migrations/ (and is copied into
+    # wheels), so this works from a checkout and from an installed package alike
     explicit = os.environ.get("PGTRICKLE_MIGRATIONS")
-    return Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "migrations"
+    return Path(explicit) if explicit else Path(__file__).resolve().parent / "migrations"
 
 
 def known_migrations(directory: Path | None = None) -> list[Migration]:
