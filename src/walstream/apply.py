@@ -84,6 +84,15 @@ def plan_changes(conn: psycopg.Connection[Any], decls: Declarations) -> list[Cha
         change = Change(ChangeKind.CREATE, name, decl=decl, plan=plan, effective_mode=mode)
         change.fallback_reason = reason
         if current is None:
+            schema_exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (decl.schema,)
+            ).fetchone()
+            if not schema_exists:
+                raise InvalidDeclaration(
+                    f'{decls.path}: stream table "{name}": schema "{decl.schema}" does not exist',
+                    detail="the storage table is created in the schema the name gives",
+                    hint=f'CREATE SCHEMA "{decl.schema}" first, or drop the schema from the name',
+                )
             if facts.lookup(decl.schema, decl.name) is not None:
                 raise InvalidDeclaration(
                     f'{decls.path}: stream table "{name}": a table of that name already exists',

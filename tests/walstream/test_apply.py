@@ -152,3 +152,9 @@ def test_one_bad_declaration_means_nothing_is_created(shop: Database) -> None:
 def test_a_name_taken_by_a_table_is_refused(shop: Database) -> None:
     error = refused(shop.dsn, one("orders", "SELECT id FROM customers"))
     assert "already exists" in error.message
+
+
+def test_a_missing_schema_is_refused(shop: Database) -> None:
+    error = refused(shop.dsn, one("nowhere.x", "SELECT id FROM orders"))
+    assert 'schema "nowhere" does not exist' in error.message
+    assert error.hint
