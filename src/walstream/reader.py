@@ -109,13 +109,10 @@ class ChangeReader:
         self._position = 0
         self._changed = threading.Condition()
         self._stop = threading.Event()
-        self._relations: dict[int, Relation] = {}
         # per captured relation: for each buffer column, its position in pgoutput's tuples
         self._layouts: dict[int, Layout] = {}
         self._suspend: dict[int, str] = {}
         self._sources: dict[int, CapturedSource] = {}
-        self.truncated: set[int] = set()
-        self.connected = threading.Event()
 
     # -- position, for refreshes waiting on it ------------------------------------------
 
@@ -157,7 +154,6 @@ class ChangeReader:
             except (psycopg.OperationalError, ReplicationError, OSError) as exc:
                 # the batch in progress was not committed, so the slot was not confirmed
                 # past it: the server sends it again after the reconnect
-                self.connected.clear()
                 log.warning("reader connection lost; reconnecting", error=str(exc).strip())
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -179,7 +175,6 @@ class ChangeReader:
             buffered = self._load_state(writer)
             self._advance(buffered)
             with ReplicationStream(self.dsn, self.slot, self.publication) as stream:
-                self.connected.set()
                 self._stream(stream, writer, buffered)
 
     def _load_state(self, writer: psycopg.Connection[Any]) -> int:
@@ -283,7 +278,6 @@ class ChangeReader:
         change of its schema. Added columns are left out; a captured column that is gone
         makes the source unusable, and the stream tables reading it are suspended.
         """
-        self._relations[relation.oid] = relation
         source = self._sources.get(relation.oid)
         if source is None:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
