@@ -21,6 +21,20 @@ WRITE_SECONDS = 8.0
 def test_every_shape_equals_its_query_after_concurrent_writes(
     any_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    run_concurrent_writers(any_db, monkeypatch, WRITE_SECONDS)
+
+
+@pytest.mark.slow
+@pytest.mark.pg15
+def test_soak_every_shape_equals_its_query_after_a_minute_of_writes(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_concurrent_writers(any_db, monkeypatch, 60.0)
+
+
+def run_concurrent_writers(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
     # each refresh also compares the stream table with its query at its own snapshot
     monkeypatch.setenv("PGTRICKLE_CHECK_REFRESH", "1")
     create_schema(any_db.dsn)
@@ -33,7 +47,7 @@ def test_every_shape_equals_its_query_after_concurrent_writes(
     with running_daemon(any_db.dsn):
         for thread in threads:
             thread.start()
-        time.sleep(WRITE_SECONDS)
+        time.sleep(seconds)
         stop.set()
         for thread in threads:
             thread.join()
