@@ -174,11 +174,13 @@ class Refresher:
                 if self.check and result.action != RefreshAction.NO_DATA:
                     self._check_equal(st)
                 self._record(st, snapshot, result)
+                if result.action != RefreshAction.NO_DATA:
+                    # in the refresh's own transaction: a second commit would cost a WAL flush
+                    timings["total_ms"] = _ms(started)
+                    self._history(st, result)
                 t0 = time.perf_counter()
             timings["commit_ms"] = _ms(t0)
             timings["total_ms"] = _ms(started)
-            if result.action != RefreshAction.NO_DATA:
-                self._history(st, result)
             return result
         finally:
             self.conn.isolation_level = None
@@ -289,6 +291,7 @@ class Refresher:
         )
 
     def _history(self, st: StreamTable, result: RefreshResult) -> None:
+        """One row of refresh_history; its total_ms ends before the commit (commit_ms is NULL)."""
         t = result.timings
         self.conn.execute(
             "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
