@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgtrickle",
         description="Stream tables for PostgreSQL, maintained from logical replication.",
+        epilog="exit status: 0 done, 1 error, 2 usage error, 3 `wait` timed out",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
