@@ -29,7 +29,6 @@ the compiler, not this module, decides whether it can be maintained.
 from __future__ import annotations
 
 import difflib
-import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import yaml
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
+from dvm.plan import RefreshMode
 from scheduler.schedule import Schedule, parse_schedule
 from walstream.errors import InvalidDeclaration
 
@@ -50,13 +50,6 @@ __all__ = [
     "load_declarations",
     "parse_declarations",
 ]
-
-
-class RefreshMode(enum.StrEnum):
-    FULL = "full"
-    DIFFERENTIAL = "differential"
-    IMMEDIATE = "immediate"
-    AUTO = "auto"
 
 
 DEFAULT_SCHEDULE = "1m"
