@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from dvm.catalog import SourceTable
+from dvm.errors import PgTrickleError
 from walstream.replication import ensure_slot
 
 SLOT_NAME = "pgtrickle"
@@ -194,5 +195,9 @@ def wait_for_older_transactions(conn: psycopg.Connection[Any], timeout: float = 
         if not running:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"transactions {running} are still running")
+            raise PgTrickleError(
+                "transactions older than the new stream table are still running",
+                detail=f"waited {timeout:g} s for transaction(s) {', '.join(running)}",
+                hint="commit or end them (pg_stat_activity shows them), then apply again",
+            )
         time.sleep(0.02)
