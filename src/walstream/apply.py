@@ -21,7 +21,6 @@ from dvm.catalog import CatalogFacts
 from dvm.compile import compile_query, effective_mode
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from walstream.capture import (
-    CapturedSource,
     capture_source,
     ensure_slot_and_publication,
     load_sources,
@@ -216,10 +215,9 @@ def drop_stream_table(conn: psycopg.Connection[Any], st: StreamTable) -> None:
 def create_stream_table(conn: psycopg.Connection[Any], change: Change) -> None:
     decl, plan, mode = change.decl, change.plan, change.effective_mode
     assert decl is not None and plan is not None and mode is not None
-    captured: list[CapturedSource] = []
     with conn.transaction():
         for table in plan.sources:
-            captured.append(capture_source(conn, table))
+            capture_source(conn, table)
     wait_for_older_transactions(conn)
     target = sql.SQL("{}.{}").format(sql.Identifier(decl.schema), sql.Identifier(decl.name))
     storage_query = sql.SQL(plan.storage_query)
