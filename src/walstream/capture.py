@@ -121,7 +121,8 @@ def capture_source(conn: psycopg.Connection[Any], table: SourceTable) -> Capture
     ]
     conn.execute(
         sql.SQL(
-            'CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, action "char" NOT NULL, {})'
+            "CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, seq integer NOT NULL,"
+            ' action "char" NOT NULL, {})'
         ).format(source.buffer, sql.SQL(", ").join(value_columns))
     )
     conn.execute(sql.SQL("CREATE INDEX ON {} (xid)").format(source.buffer))

@@ -59,10 +59,13 @@ Row = tuple[str | None, ...]
 @dataclass
 class _Transaction:
     xid: int
-    rows: dict[int, list[tuple[str, Row]]] = field(default_factory=dict)
+    # per source: (order within the transaction, action, old + new values)
+    rows: dict[int, list[tuple[int, str, Row]]] = field(default_factory=dict)
+    changes: int = 0
 
     def add(self, oid: int, action: str, values: Row) -> None:
-        self.rows.setdefault(oid, []).append((action, values))
+        self.changes += 1
+        self.rows.setdefault(oid, []).append((self.changes, action, values))
 
 
 @dataclass
@@ -314,14 +317,14 @@ class ChangeReader:
         for oid, entries in per_source.items():
             source = self._sources[oid]
             columns = [sql.Identifier(c) for c in buffer_columns(len(source.columns))]
-            statement = sql.SQL("COPY {} (xid, lsn, action, {}) FROM STDIN").format(
+            statement = sql.SQL("COPY {} (xid, lsn, seq, action, {}) FROM STDIN").format(
                 source.buffer, sql.SQL(", ").join(columns)
             )
             with writer.cursor().copy(statement) as copy:
                 for xid8, end_lsn, txn in entries:
                     lsn_text = format_lsn(end_lsn)
-                    for action, values in txn.rows[oid]:
-                        copy.write_row((xid8, lsn_text, action, *values))
+                    for seq, action, values in txn.rows[oid]:
+                        copy.write_row((xid8, lsn_text, seq, action, *values))
         for oid, reason in self._suspend.items():
             writer.execute(
                 "UPDATE pgtrickle.stream_tables SET status = 'suspended', last_error = %s"

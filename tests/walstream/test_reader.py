@@ -40,9 +40,9 @@ def buffered(dsn: str, oid: int) -> list[tuple[object, ...]]:
     with psycopg.connect(dsn) as conn:
         source = load_sources(conn)[oid]
         return conn.execute(
-            sql.SQL("SELECT action, o1, o2, n1, n2, length(n3) FROM {} ORDER BY lsn, ctid").format(
-                source.buffer
-            )
+            sql.SQL(
+                "SELECT seq, action, o1, o2, n1, n2, length(n3) FROM {} ORDER BY lsn, seq"
+            ).format(source.buffer)
         ).fetchall()
 
 
@@ -72,10 +72,10 @@ def test_committed_changes_are_buffered_and_rolled_back_ones_are_not(db: Databas
         conn.commit()
     read_until_now(db.dsn)
     assert buffered(db.dsn, oid) == [
-        ("I", None, None, 1, "a", 6400),
-        ("I", None, None, 2, "b", None),
-        ("U", 1, "a", 1, "a2", 6400),
-        ("D", 2, "b", None, None, None),
+        (1, "I", None, None, 1, "a", 6400),
+        (2, "I", None, None, 2, "b", None),
+        (1, "U", 1, "a", 1, "a2", 6400),
+        (2, "D", 2, "b", None, None, None),
     ]
 
 
@@ -90,7 +90,7 @@ def test_a_restart_buffers_nothing_twice(db: Database) -> None:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT_NAME,))
         conn.execute("INSERT INTO t VALUES (2, 'b', NULL)")
     read_until_now(db.dsn)
-    assert [r[3] for r in buffered(db.dsn, oid)] == [1, 2]
+    assert [r[4] for r in buffered(db.dsn, oid)] == [1, 2]
 
 
 def test_buffered_xids_are_the_source_transactions_full_xids(db: Database) -> None:
