@@ -12,7 +12,7 @@ import functools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -241,8 +241,6 @@ def _schedule(text: str) -> Schedule:
 
 
 def _refreshed(st: StreamTable) -> StreamTable:
-    from dataclasses import replace
-
     return replace(st, last_refresh_at=datetime.now(UTC), status="active")
 
 

@@ -13,20 +13,26 @@ import psycopg
 from psycopg import sql
 
 from scheduler.refresh import settled_lsn, wal_segment_size
-from walstream.capture import load_sources
+from walstream.capture import CapturedSource, load_sources
 from walstream.catalog import StreamTable, list_stream_tables
 from walstream.errors import WaitTimeout
 from walstream.position import SlotPosition
 from walstream.replication import format_lsn, parse_lsn
 
 
-def behind(conn: psycopg.Connection[Any], st: StreamTable, lsn: int) -> bool:
+def behind(
+    conn: psycopg.Connection[Any],
+    st: StreamTable,
+    lsn: int,
+    sources: dict[int, CapturedSource] | None = None,
+) -> bool:
     """True when a change committed at or before ``lsn`` is not yet in the stream table."""
     # frontier_lsn >= lsn proves nothing: a transaction can end its commit record before the
     # refresh read L and still be invisible in its snapshot. Only the buffers can tell.
     if st.frontier is None:
         return True
-    sources = load_sources(conn)
+    if sources is None:
+        sources = load_sources(conn)
     for oid in st.source_oids:
         source = sources.get(oid)
         if source is None:
@@ -58,7 +64,8 @@ def wait_caught_up(dsn: str, timeout: float, poll: float = 0.02) -> list[StreamT
                 current, _active = position.current()
                 tables = list_stream_tables(conn)
                 if current >= target:
-                    lagging = [st for st in tables if behind(conn, st, target)]
+                    sources = load_sources(conn)
+                    lagging = [st for st in tables if behind(conn, st, target, sources)]
                     if not lagging:
                         return tables
                 else:

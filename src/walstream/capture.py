@@ -186,7 +186,7 @@ def wait_for_older_transactions(conn: psycopg.Connection[Any], timeout: float = 
     row = conn.execute(
         "SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x"
     ).fetchone()
-    running = [x for x in (row[0] if row and row[0] else [])]
+    running: list[str] = list(row[0]) if row and row[0] else []
     deadline = time.monotonic() + timeout
     while running:
         states = conn.execute(

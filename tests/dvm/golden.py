@@ -1,8 +1,8 @@
 """Golden plan fixtures: "defining query -> explain, strategy, differentiable" pairs.
 
 ``tests/dvm/fixtures/plans.yaml`` holds a catalog and the pairs; ``test_golden`` checks them all.
-Set ``PGTRICKLE_REGEN_GOLDEN=1`` to rewrite the expectations from the current compiler (then
-review the diff).
+``python -m tests.dvm.golden`` rewrites the expectations from the current compiler (then
+review the diff); the test itself only ever compares.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from dvm.catalog import CatalogFacts, Column, SourceTable
+from dvm.compile import compile_query
 
 PLANS = Path(__file__).parent / "fixtures" / "plans.yaml"
+STORAGE = ("public", "st")
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,26 @@ def save(document: dict[str, Any], cases: list[Case]) -> None:
     PLANS.write_text(
         yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     )
+
+
+def compiled(cases: list[Case], facts: CatalogFacts) -> list[Case]:
+    """The cases as the current compiler sees them."""
+    out = []
+    for case in cases:
+        plan = compile_query(case.query, facts, STORAGE)
+        out.append(
+            Case(
+                case.name,
+                case.query,
+                plan.differentiable,
+                plan.apply_strategy.value,
+                plan.explain() + "\n",
+            )
+        )
+    return out
+
+
+if __name__ == "__main__":
+    DOCUMENT, FACTS, CASES = load()
+    save(DOCUMENT, compiled(CASES, FACTS))
+    print(f"rewrote {PLANS}; review the diff")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import psycopg
@@ -10,31 +9,15 @@ import pytest
 from psycopg import sql
 
 from dvm.compile import compile_query, delta_relation
-from tests.dvm.golden import Case, load, save
+from tests.dvm.golden import STORAGE, compiled, load
 from tests.dvm.harness import catalog_of
 from tests.fixtures.plugin import Database
 
 DOCUMENT, CATALOG, CASES = load()
-STORAGE = ("public", "st")
 
 
 def test_golden_plans_are_as_recorded() -> None:
-    actual = []
-    for case in CASES:
-        plan = compile_query(case.query, CATALOG, STORAGE)
-        actual.append(
-            Case(
-                case.name,
-                case.query,
-                plan.differentiable,
-                plan.apply_strategy.value,
-                plan.explain() + "\n",
-            )
-        )
-    if os.environ.get("PGTRICKLE_REGEN_GOLDEN"):
-        save(DOCUMENT, actual)
-        pytest.skip("golden plans rewritten; review the diff")
-    for expected, got in zip(CASES, actual, strict=True):
+    for expected, got in zip(CASES, compiled(CASES, CATALOG), strict=True):
         assert got == expected, f"{expected.name}:\n{got.explain}"
 
 
