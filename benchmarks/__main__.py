@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 import psycopg
 
 from benchmarks import decode_bench
+from pgtrickle import logs
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.cluster import LocalCluster, temporary_cluster
+from pgtrickle.reconcile import apply
 from scheduler.daemon import Daemon
 from scheduler.refresh import Refresher
-from walstream import logs
-from walstream.apply import apply
 from walstream.catalog import get_stream_table
-from walstream.declarations import parse_declarations
-from walstream.devcluster import LocalCluster, temporary_cluster
 from walstream.reader import ChangeReader
 from walstream.replication import parse_lsn
 

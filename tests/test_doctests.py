@@ -15,7 +15,7 @@ MODULES = sorted(
     for info in pkgutil.walk_packages(
         importlib.import_module(package).__path__, prefix=f"{package}."
     )
-    if info.name != "walstream.demo"
+    if info.name != "pgtrickle.dev.demo"
 )
 
 

@@ -10,10 +10,17 @@ which construct and why.
 >>> t = SourceTable(16384, "public", "t", columns, ("id",))
 >>> catalog = CatalogFacts({("public", "t"): t})
 >>> plan = compile_query("select distinct v from t", catalog, ("public", "st"))
->>> plan.differentiable, plan.reasons
-(False, ('DISTINCT: not differentiable yet (needs row multiplicities)',))
->>> effective_mode(plan, RefreshMode.AUTO)
-(<RefreshMode.FULL: 'full'>, 'DISTINCT: not differentiable yet (needs row multiplicities)')
+>>> plan.differentiable, [str(reason) for reason in plan.reasons]
+(False, ['DISTINCT: not differentiable yet (needs row multiplicities)'])
+>>> mode, fallback = effective_mode(plan, RefreshMode.AUTO)
+>>> mode, [reason.construct for reason in fallback]
+(<RefreshMode.FULL: 'full'>, ['DISTINCT'])
+
+The plan carries the query as the compiler understood it, normalized: comments, a trailing
+semicolon and odd white space are gone, so it can be embedded in other SQL as it is.
+
+>>> plan.query
+'SELECT DISTINCT v FROM t'
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ from dvm.join import join
 from dvm.operators import Aggregate, Filter, Join, Operator, Project, Scan
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from dvm.project import project
+from dvm.reason import Reason, summary
 from dvm.resolve import NotResolvable, ResolvedSelect, resolve_select
 from dvm.scan import delta_relation, scan
 from dvm.support import check_renderable, shape_reasons
 from dvm.translate import NotDifferentiable, translate
 from dvm.zset import ROW_ID, Derived
 
-__all__ = ["compile_query", "delta_relation", "effective_mode"]
+__all__ = ["compile_query", "delta_relation", "effective_mode", "normalize"]
 
 _RESERVED_PREFIX = "__pgt_"
 
@@ -50,6 +58,7 @@ def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -
     """
     statement = _single_query(query)
     check_renderable(statement)
+    normalized = render(statement)
     reasons = shape_reasons(statement)
     resolved: ResolvedSelect | None = None
     if not reasons:
@@ -57,7 +66,7 @@ def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -
         try:
             resolved = resolve_select(statement, query, catalog)
         except NotResolvable as error:
-            reasons.append(f"{error.construct}: {error.why}")
+            reasons.append(Reason(error.construct, error.why))
     if resolved is not None:
         _check_output_names([output.name for output in resolved.outputs])
         try:
@@ -65,28 +74,40 @@ def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -
         except NotDifferentiable as error:
             reasons.extend(error.reasons)
         else:
-            return _differential(query, resolved, tree, notes, storage)
-    return _full_only(query, statement, catalog, resolved, reasons, storage)
+            return _differential(normalized, query, resolved, tree, notes, storage)
+    return _full_only(normalized, query, statement, catalog, resolved, reasons, storage)
 
 
-def effective_mode(plan: DeltaPlan, requested: RefreshMode) -> tuple[RefreshMode, str | None]:
-    """The mode a refresh really runs in, and why it differs from the one requested."""
+def normalize(query: str) -> str:
+    """The defining query as one SELECT statement the server can embed in other SQL.
+
+    >>> normalize("  select a  -- the key\\n from t ;")
+    'SELECT a FROM t'
+    """
+    statement = _single_query(query)
+    check_renderable(statement)
+    return render(statement)
+
+
+def effective_mode(
+    plan: DeltaPlan, requested: RefreshMode
+) -> tuple[RefreshMode, tuple[Reason, ...]]:
+    """The mode a refresh really runs in, and the reasons it differs from the one requested."""
     if requested is RefreshMode.IMMEDIATE:
         raise UnsupportedQuery(
             "refresh_mode immediate is not supported yet", hint="use differential or auto"
         )
     if requested is RefreshMode.FULL:
-        return RefreshMode.FULL, None
+        return RefreshMode.FULL, ()
     if plan.differentiable:
-        return RefreshMode.DIFFERENTIAL, None
-    reason = "; ".join(plan.reasons) or "the query cannot be differentiated"
+        return RefreshMode.DIFFERENTIAL, ()
+    reasons = plan.reasons or (Reason("the query", "cannot be differentiated"),)
     if requested is RefreshMode.AUTO:
-        return RefreshMode.FULL, reason
-    construct = plan.reasons[0].split(":")[0] if plan.reasons else "the query"
+        return RefreshMode.FULL, reasons
     raise UnsupportedQuery(
-        f"refresh_mode differential is not possible: {construct} cannot be maintained "
-        "incrementally",
-        detail=reason,
+        f"refresh_mode differential is not possible: {reasons[0].construct} cannot be "
+        "maintained incrementally",
+        detail=summary(reasons),
         hint="use refresh_mode full or auto, or rewrite the query without it",
     )
 
@@ -159,10 +180,11 @@ def _sources(
 
 
 def _differential(
+    normalized: str,
     query: str,
     resolved: ResolvedSelect,
     tree: Operator,
-    notes: list[str],
+    notes: list[Reason],
     storage: tuple[str, str],
 ) -> DeltaPlan:
     assert isinstance(tree, Project)
@@ -187,7 +209,7 @@ def _differential(
         hidden = (ROW_ID,)
     sources, columns_read = _sources(resolved)
     return DeltaPlan(
-        query=query,
+        query=normalized,
         sources=sources,
         columns_read=MappingProxyType(columns_read),
         user_columns=names,
@@ -203,11 +225,12 @@ def _differential(
 
 
 def _full_only(
+    normalized: str,
     query: str,
     statement: exp.Expr,
     catalog: CatalogFacts,
     resolved: ResolvedSelect | None,
-    reasons: list[str],
+    reasons: list[Reason],
     storage: tuple[str, str],
 ) -> DeltaPlan:
     if resolved is not None:
@@ -219,7 +242,7 @@ def _full_only(
         tables = full.sources(statement, catalog)
         sources, columns_read = tuple(tables), full.columns_read(statement, tables)
     return DeltaPlan(
-        query=query,
+        query=normalized,
         sources=sources,
         columns_read=MappingProxyType(columns_read),
         user_columns=tuple(names),

@@ -27,6 +27,7 @@ from dvm import apply
 from dvm.catalog import SourceTable
 from dvm.dialect import parse_one, render
 from dvm.operators import Aggregate, Operator, Project, explain_tree, scans
+from dvm.reason import Reason
 
 ROW_ID_SETTINGS: tuple[tuple[str, str], ...] = (
     ("DateStyle", "ISO, MDY"),
@@ -59,6 +60,7 @@ class ApplyStrategy(StrEnum):
 @dataclass(frozen=True)
 class DeltaPlan:
     query: str
+    """The defining query, normalized (see ``dvm.compile.normalize``)."""
     sources: tuple[SourceTable, ...]
     columns_read: Mapping[int, tuple[str, ...]]
     user_columns: tuple[str, ...]
@@ -67,7 +69,8 @@ class DeltaPlan:
     delta_query: str | None
     apply_strategy: ApplyStrategy
     differentiable: bool
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
+    """Why a plan is not differentiable; notes (strategies, ignored clauses) when it is."""
     storage: tuple[str, str]
     """(schema, name) of the storage table, as given to ``compile_query``."""
     tree: Operator | None = field(default=None, compare=False)

@@ -4,7 +4,7 @@ A reason reads ``"<construct>: <why>"``; the first part names what the user wrot
 
 >>> from dvm.dialect import parse_one
 >>> shape_reasons(parse_one("select a from t union select a from u"))
-['UNION: set operations are not differentiable yet']
+[Reason(construct='UNION', why='set operations are not differentiable yet')]
 >>> volatile_calls(parse_one("select now(), random() from t"), "select now(), random() from t")
 ['now()', 'random()']
 """
@@ -15,6 +15,7 @@ from sqlglot import exp
 
 from dvm.errors import InvalidQuery, UnsupportedQuery
 from dvm.naming import fold
+from dvm.reason import Reason
 
 _VOLATILE_NODES: tuple[type[exp.Expr], ...] = (
     exp.Rand,
@@ -158,14 +159,14 @@ def volatile_calls(expression: exp.Expr, query: str) -> list[str]:
     return calls
 
 
-def shape_reasons(statement: exp.Expr) -> list[str]:
+def shape_reasons(statement: exp.Expr) -> list[Reason]:
     """Statement-level constructs beyond a single SELECT over base tables."""
     if isinstance(statement, exp.SetOperation):
         word = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
         name = next((w for kind, w in word.items() if isinstance(statement, kind)), "set operation")
         if not statement.args.get("distinct", True):
             name += " ALL"
-        return [f"{name}: set operations are not differentiable yet"]
+        return [Reason(name, "set operations are not differentiable yet")]
     assert isinstance(statement, exp.Select)
     if statement.args.get("into") is not None:
         raise InvalidQuery(
@@ -175,18 +176,22 @@ def shape_reasons(statement: exp.Expr) -> list[str]:
         )
     reasons = []
     if statement.args.get("with_") is not None:
-        reasons.append("WITH: common table expressions are not differentiable yet")
+        reasons.append(Reason("WITH", "common table expressions are not differentiable yet"))
     if any(
         isinstance(node, exp.Select | exp.SetOperation)
         and node is not statement
         and not isinstance(node.parent, exp.CTE | exp.SetOperation)
         for node in statement.walk()
     ):
-        reasons.append("subquery: subqueries are not differentiable yet")
+        reasons.append(Reason("subquery", "subqueries are not differentiable yet"))
     if statement.args.get("locks"):
-        reasons.append("FOR UPDATE/SHARE: row locking clauses have no meaning in a stream table")
+        reasons.append(
+            Reason("FOR UPDATE/SHARE", "row locking clauses have no meaning in a stream table")
+        )
     if statement.args.get("from_") is None:
-        reasons.append("SELECT without FROM: the query reads no table, nothing to maintain")
+        reasons.append(
+            Reason("SELECT without FROM", "the query reads no table, nothing to maintain")
+        )
     return reasons
 
 

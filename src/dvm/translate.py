@@ -30,6 +30,7 @@ from dvm.operators import (
     Project,
     Scan,
 )
+from dvm.reason import Reason
 from dvm.resolve import ResolvedSelect
 from dvm.support import aggregate_calls, function_name, volatile_calls
 
@@ -37,15 +38,15 @@ from dvm.support import aggregate_calls, function_name, volatile_calls
 class NotDifferentiable(Exception):
     """The query can be computed (FULL) but not maintained incrementally; says why."""
 
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
+    def __init__(self, reasons: list[Reason]) -> None:
+        super().__init__("; ".join(map(str, reasons)))
         self.reasons = reasons
 
 
 _EXACT_TYPES = ("smallint", "integer", "bigint")
 
 
-def translate(resolved: ResolvedSelect, query: str) -> tuple[Operator, list[str]]:
+def translate(resolved: ResolvedSelect, query: str) -> tuple[Operator, list[Reason]]:
     """The operator tree and notes (strategies, ignored clauses) for a resolved SELECT."""
     reasons = _construct_reasons(resolved, query)
     if reasons:
@@ -56,18 +57,19 @@ def translate(resolved: ResolvedSelect, query: str) -> tuple[Operator, list[str]
         node = Join(scans[0], scans[1], resolved.joins[0].condition)
     if resolved.where is not None:
         node = Filter(node, resolved.where)
-    notes: list[str] = []
+    notes: list[Reason] = []
     if resolved.ordered:
-        notes.append("ORDER BY: ignored, a stream table has no row order")
+        notes.append(Reason("ORDER BY", "ignored, a stream table has no row order"))
     calls = _calls(resolved, query)
     if resolved.group_by is not None or calls:
         node = _aggregate(node, resolved, calls, query)
         if node.strategy is AggregateStrategy.RESCAN:
-            notes.append(f"{node.strategy_reason}: affected groups are recomputed")
+            assert node.strategy_reason is not None
+            notes.append(Reason(node.strategy_reason, "affected groups are recomputed"))
     return Project(node, resolved.outputs), notes
 
 
-def _construct_reasons(resolved: ResolvedSelect, query: str) -> list[str]:
+def _construct_reasons(resolved: ResolvedSelect, query: str) -> list[Reason]:
     for clause, expression in [("WHERE", resolved.where), ("GROUP BY", None)] + [
         ("JOIN conditions", step.condition) for step in resolved.joins
     ]:
@@ -80,18 +82,25 @@ def _construct_reasons(resolved: ResolvedSelect, query: str) -> list[str]:
                 )
     reasons = []
     if resolved.distinct is not None:
-        reasons.append(f"{resolved.distinct}: not differentiable yet (needs row multiplicities)")
+        reasons.append(
+            Reason(resolved.distinct, "not differentiable yet (needs row multiplicities)")
+        )
     if resolved.limited:
-        reasons.append("LIMIT/OFFSET: TopK queries are not differentiable yet")
+        reasons.append(Reason("LIMIT/OFFSET", "TopK queries are not differentiable yet"))
     for step in resolved.joins:
         if step.kind not in ("inner", "cross"):
             reasons.append(
-                f"{step.kind.upper()} JOIN: outer, semi and anti joins are not differentiable yet"
+                Reason(
+                    f"{step.kind.upper()} JOIN",
+                    "outer, semi and anti joins are not differentiable yet",
+                )
             )
     if len(resolved.relations) > 2:
         reasons.append(
-            f"join of {len(resolved.relations)} tables: "
-            "only joins of two tables are differentiable yet"
+            Reason(
+                f"join of {len(resolved.relations)} tables",
+                "only joins of two tables are differentiable yet",
+            )
         )
     expressions = [output.expression for output in resolved.outputs]
     expressions += [e for e in (resolved.where, resolved.having) if e is not None]
@@ -100,9 +109,11 @@ def _construct_reasons(resolved: ResolvedSelect, query: str) -> list[str]:
     for expression in expressions:
         for window in expression.find_all(exp.Window):
             name = function_name(window.this, query)
-            reasons.append(f"window function {name}(): not differentiable yet")
+            reasons.append(Reason(f"window function {name}()", "not differentiable yet"))
         for call in volatile_calls(expression, query):
-            reasons.append(f"{call}: volatile or time-dependent functions change between refreshes")
+            reasons.append(
+                Reason(call, "volatile or time-dependent functions change between refreshes")
+            )
     return list(dict.fromkeys(reasons))
 
 
@@ -119,7 +130,7 @@ def _aggregate(
     input: Operator, resolved: ResolvedSelect, found: list[exp.Expr], query: str
 ) -> Aggregate:
     keys = resolved.group_by or ()
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     calls: dict[str, AggregateCall] = {}
     inexact: str | None = None
     for node in found:
@@ -146,20 +157,26 @@ def _aggregate(
     return Aggregate(input, keys, tuple(calls.values()), resolved.having, strategy, why)
 
 
-def _call(node: exp.Expr, query: str, reasons: list[str]) -> AggregateCall | None:
+def _call(node: exp.Expr, query: str, reasons: list[Reason]) -> AggregateCall | None:
     name = function_name(node, query)
     if isinstance(node, exp.Filter) or isinstance(node.parent, exp.Filter):
-        reasons.append(f"{name}() FILTER: aggregate FILTER clauses are not differentiable yet")
+        reasons.append(
+            Reason(f"{name}() FILTER", "aggregate FILTER clauses are not differentiable yet")
+        )
         return None
     if not isinstance(node, exp.Count | exp.Sum | exp.Avg):
-        reasons.append(f"aggregate {name}(): only count, sum and avg are differentiable yet")
+        reasons.append(
+            Reason(f"aggregate {name}()", "only count, sum and avg are differentiable yet")
+        )
         return None
     argument = node.this
     if isinstance(argument, exp.Distinct):
-        reasons.append(f"{name}(DISTINCT ...): DISTINCT aggregates are not differentiable yet")
+        reasons.append(
+            Reason(f"{name}(DISTINCT ...)", "DISTINCT aggregates are not differentiable yet")
+        )
         return None
     if isinstance(argument, exp.Order) or node.args.get("expressions"):
-        reasons.append(f"{name}() with ORDER BY or several arguments: not differentiable")
+        reasons.append(Reason(f"{name}() with ORDER BY or several arguments", "not differentiable"))
         return None
     if isinstance(node, exp.Count):
         if isinstance(argument, exp.Star):
@@ -171,7 +188,7 @@ def _call(node: exp.Expr, query: str, reasons: list[str]) -> AggregateCall | Non
 
 def _ungrouped(
     resolved: ResolvedSelect, keys: tuple[exp.Expr, ...], calls: list[str], query: str
-) -> list[str]:
+) -> list[Reason]:
     """Columns used outside aggregates and group keys (PostgreSQL allows them when the
     primary key is grouped, but the compiler does not follow functional dependencies)."""
     covered = {render(key) for key in keys} | set(calls)
@@ -182,8 +199,10 @@ def _ungrouped(
             return
         if isinstance(node, exp.Column):
             reasons.append(
-                f"column {render(node)} outside GROUP BY: only grouped columns and "
-                "aggregates can be differentiated"
+                Reason(
+                    f"column {render(node)} outside GROUP BY",
+                    "only grouped columns and aggregates can be differentiated",
+                )
             )
             return
         for child in node.iter_expressions():

@@ -18,24 +18,23 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import sql
 
 from scheduler.dag import refresh_order
-from scheduler.refresh import Refresher, record_failure
+from scheduler.history import prune_history, record_failure
+from scheduler.refresh import TRANSIENT_ERRORS, Refresher
 from scheduler.schedule import Schedule, parse_schedule
-from walstream.capture import ensure_slot_and_publication, load_sources
-from walstream.catalog import StreamTable, list_stream_tables
+from scheduler.suspend import SchemaChangeHandler
+from walstream.buffers import prune
+from walstream.capture import ensure_slot_and_publication
+from walstream.catalog import StreamTable, StreamTableStatus, list_stream_tables
+from walstream.dsn import connect
+from walstream.errors import ConnectionFailed, NotFound, PgTrickleError
 from walstream.migrate import migrate
 from walstream.reader import ChangeReader
 
 log = structlog.get_logger("pgtrickle.daemon")
 
-TRANSIENT = (
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.LockNotAvailable,
-    psycopg.OperationalError,
-)
+TRANSIENT: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ConnectionFailed)
 
 
 @dataclass
@@ -70,7 +69,11 @@ class Daemon:
         self._states: dict[int, _State] = {}
         self._readers_of: dict[int, set[int]] = {}
         self._jobs: queue.Queue[_State | None] = queue.Queue()
-        self.reader = ChangeReader(self.dsn, on_buffered=self._on_buffered)
+        self.reader = ChangeReader(
+            self.dsn,
+            on_buffered=self._on_buffered,
+            on_schema_change=SchemaChangeHandler(self.dsn),
+        )
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -90,7 +93,7 @@ class Daemon:
 
     def run(self) -> None:
         migrate(self.dsn)
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with connect(self.dsn, autocommit=True) as conn:
             ensure_slot_and_publication(conn)
         reader = threading.Thread(target=self.reader.run, name="pgtrickle-reader", daemon=True)
         reader.start()
@@ -124,15 +127,15 @@ class Daemon:
                 now = time.monotonic()
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self.dsn, autocommit=True)
+                        conn = connect(self.dsn, autocommit=True)
                     if now >= next_reload:
                         self._reload(conn)
                         next_reload = now + self.options.reload_interval
                     if now >= next_prune:
-                        prune_buffers(conn)
+                        prune(conn)
                         prune_history(conn)
                         next_prune = now + self.options.prune_interval
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, ConnectionFailed) as exc:
                     log.warning("catalog connection lost", error=str(exc).strip())
                     if conn is not None:
                         conn.close()
@@ -170,7 +173,7 @@ class Daemon:
             for state in self._states.values():
                 if state.in_flight or now < state.next_attempt:
                     continue
-                if state.st.status == "suspended":
+                if state.st.status is StreamTableStatus.SUSPENDED:
                     continue
                 due = state.dirty_since is not None and (
                     now - state.dirty_since >= self.options.debounce
@@ -198,7 +201,12 @@ class Daemon:
                 with self._lock:
                     state.failures = 0
                     state.next_attempt = 0.0
-                    state.st = _refreshed(state.st)
+                    # the refresh may have reloaded a changed declaration: keep what it used
+                    state.st = replace(
+                        result.stream_table,
+                        last_refresh_at=datetime.now(UTC),
+                        status=StreamTableStatus.ACTIVE,
+                    )
                 log.debug(
                     "refreshed",
                     stream_table=state.st.display_name,
@@ -206,9 +214,11 @@ class Daemon:
                     delta_rows=result.delta_rows,
                     ms=round(result.timings.get("total_ms", 0.0), 2),
                 )
+            except NotFound:
+                pass  # dropped since the last reload: the next one forgets it
             except Exception as exc:
                 transient = isinstance(exc, TRANSIENT)
-                if isinstance(exc, psycopg.OperationalError) and refresher is not None:
+                if isinstance(exc, psycopg.OperationalError | ConnectionFailed) and refresher:
                     refresher.close()
                     refresher = None
                 with self._lock:
@@ -220,12 +230,13 @@ class Daemon:
                 log.warning(
                     "refresh failed",
                     stream_table=state.st.display_name,
+                    code=exc.code if isinstance(exc, PgTrickleError) else None,
                     error=str(exc).strip(),
                     transient=transient,
                     retry_in=round(delay, 3),
                 )
                 if not transient:
-                    with contextlib.suppress(psycopg.Error):
+                    with contextlib.suppress(psycopg.Error, ConnectionFailed):
                         record_failure(self.dsn, state.st, exc)
             finally:
                 with self._lock:
@@ -238,46 +249,3 @@ class Daemon:
 @functools.lru_cache(maxsize=1024)
 def _schedule(text: str) -> Schedule:
     return parse_schedule(text)
-
-
-def _refreshed(st: StreamTable) -> StreamTable:
-    return replace(st, last_refresh_at=datetime.now(UTC), status="active")
-
-
-HISTORY_KEPT_PER_STREAM_TABLE = 1000
-
-
-def prune_history(conn: psycopg.Connection[Any]) -> None:
-    """Keep the newest refreshes of each stream table (and every error of the last day)."""
-    conn.execute(
-        "DELETE FROM pgtrickle.refresh_history h USING (SELECT id, row_number() OVER"
-        " (PARTITION BY stream_table_id ORDER BY id DESC) AS n FROM pgtrickle.refresh_history) o"
-        " WHERE h.id = o.id AND o.n > %s"
-        " AND NOT (h.status = 'error' AND h.finished_at > now() - interval '1 day')",
-        (HISTORY_KEPT_PER_STREAM_TABLE,),
-    )
-
-
-def prune_buffers(conn: psycopg.Connection[Any]) -> int:
-    """Delete buffered changes every stream table reading them has applied.
-
-    A transaction with an xid below the xmin of a frontier had finished when that frontier
-    was taken, and buffered transactions are committed ones, so it is visible in it.
-    """
-    removed = 0
-    sources = load_sources(conn)
-    rows = conn.execute(
-        "SELECT d.source_oid, min(pg_snapshot_xmin(st.frontier))::text,"
-        " bool_or(st.frontier IS NULL)"
-        " FROM pgtrickle.dependencies d JOIN pgtrickle.stream_tables st"
-        " ON st.id = d.stream_table_id GROUP BY d.source_oid"
-    ).fetchall()
-    for oid, horizon, any_missing in rows:
-        source = sources.get(int(oid))
-        if source is None or any_missing or horizon is None:
-            continue
-        cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE xid < %s::xid8").format(source.buffer), (horizon,)
-        )
-        removed += max(cur.rowcount, 0)
-    return removed

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import networkx as nx
 
+from scheduler.errors import CycleDetected
 from walstream.catalog import StreamTable
-from walstream.errors import CycleDetected
 
 
 def dependency_graph(tables: Iterable[StreamTable]) -> nx.DiGraph[tuple[str, int]]:

@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
+from scheduler.errors import UpstreamSchemaChanged, WaitTimeout
 from scheduler.refresh import settled_lsn, wal_segment_size
-from walstream.capture import CapturedSource, load_sources
-from walstream.catalog import StreamTable, list_stream_tables
-from walstream.errors import WaitTimeout
+from scheduler.suspend import SchemaChangeHandler
+from walstream.buffers import CapturedSource, behind_query, load_sources
+from walstream.catalog import StreamTable, StreamTableStatus, list_stream_tables
+from walstream.dsn import connect
+from walstream.migrate import check_current
 from walstream.position import SlotPosition
 from walstream.replication import format_lsn, parse_lsn
 
@@ -27,8 +29,6 @@ def behind(
     sources: dict[int, CapturedSource] | None = None,
 ) -> bool:
     """True when a change committed at or before ``lsn`` is not yet in the stream table."""
-    # frontier_lsn >= lsn proves nothing: a transaction can end its commit record before the
-    # refresh read L and still be invisible in its snapshot. Only the buffers can tell.
     if st.frontier is None:
         return True
     if sources is None:
@@ -37,35 +37,38 @@ def behind(
         source = sources.get(oid)
         if source is None:
             continue
-        row = conn.execute(
-            sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM {} b WHERE b.lsn <= %s::pg_lsn"
-                " AND b.xid >= pg_snapshot_xmin(%s::pg_snapshot)"
-                " AND NOT pg_visible_in_snapshot(b.xid, %s::pg_snapshot))"
-            ).format(source.buffer),
-            (format_lsn(lsn), st.frontier, st.frontier),
-        ).fetchone()
+        row = conn.execute(behind_query(source, format_lsn(lsn), st.frontier)).fetchone()
         if row and row[0]:
             return True
     return False
 
 
 def wait_caught_up(dsn: str, timeout: float, poll: float = 0.02) -> list[StreamTable]:
-    """Block until every stream table reflects every change committed before the call."""
+    """Block until every stream table reflects every change committed before the call.
+
+    A suspended stream table will not catch up until it is re-created: once the others have,
+    that is an ``UpstreamSchemaChanged`` error rather than a wait until the timeout.
+    """
     deadline = time.monotonic() + timeout
-    position = SlotPosition(dsn)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(dsn, autocommit=True) as conn:
+        check_current(conn)
+        position = SlotPosition(dsn, on_schema_change=SchemaChangeHandler(dsn))
+        try:
             row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
             assert row is not None
             target = settled_lsn(parse_lsn(row[0]), wal_segment_size(conn))
             next_nudge = 0.0
             while True:
                 current, _active = position.current()
-                tables = list_stream_tables(conn)
+                tables: list[StreamTable] = []
+                suspended: list[StreamTable] = []
+                for st in list_stream_tables(conn):
+                    (suspended if st.status is StreamTableStatus.SUSPENDED else tables).append(st)
                 if current >= target:
                     sources = load_sources(conn)
                     lagging = [st for st in tables if behind(conn, st, target, sources)]
+                    if not lagging and suspended:
+                        raise _suspended(suspended)
                     if not lagging:
                         return tables
                 else:
@@ -85,5 +88,17 @@ def wait_caught_up(dsn: str, timeout: float, poll: float = 0.02) -> list[StreamT
                         hint="is `pgtrickle run` running? `pgtrickle status` shows errors",
                     )
                 time.sleep(poll)
-    finally:
-        position.close()
+        finally:
+            position.close()
+
+
+def _suspended(tables: list[StreamTable]) -> UpstreamSchemaChanged:
+    names = ", ".join(st.display_name for st in tables)
+    return UpstreamSchemaChanged(
+        f"suspended stream tables will not catch up: {names}",
+        detail="; ".join(
+            f"{st.display_name}: {(st.last_error or 'suspended').splitlines()[0]}" for st in tables
+        ),
+        hint="change their queries (or restore their sources), then run `pgtrickle apply`;"
+        " the other stream tables have caught up",
+    )

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from croniter import CroniterError, croniter
 
-from walstream.errors import InvalidDeclaration
+from scheduler.errors import InvalidSchedule
 
 __all__ = ["Schedule", "ScheduleKind", "format_duration", "parse_schedule"]
 
@@ -116,7 +116,7 @@ class Schedule:
 
 
 def parse_schedule(text: str) -> Schedule:
-    """Read a schedule as written in ``pgtrickle.yaml``; refuse it with ``InvalidDeclaration``.
+    """Read a schedule as written in ``pgtrickle.yaml``; refuse it with ``InvalidSchedule``.
 
     >>> parse_schedule("500ms").interval
     datetime.timedelta(microseconds=500000)
@@ -124,7 +124,7 @@ def parse_schedule(text: str) -> Schedule:
     '0 */10 * * * *'
     >>> try:
     ...     parse_schedule("0s")
-    ... except InvalidDeclaration as err:
+    ... except InvalidSchedule as err:
     ...     print(err.message)
     invalid schedule "0s": a duration must be greater than zero
     """
@@ -204,8 +204,8 @@ def _has_seconds(expression: str) -> bool:
     return len(expression.split()) == 6
 
 
-def _refuse(text: str, problem: str, *, hint: str | None = None) -> InvalidDeclaration:
-    return InvalidDeclaration(
+def _refuse(text: str, problem: str, *, hint: str | None = None) -> InvalidSchedule:
+    return InvalidSchedule(
         f'invalid schedule "{text}": {problem}',
         detail=_EXPECTED,
         hint=hint or _EXAMPLES,

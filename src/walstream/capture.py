@@ -11,72 +11,36 @@ had finished: older transactions were not published, and must be visible in that
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from dvm.catalog import SourceTable
-from dvm.errors import PgTrickleError
+from walstream.buffers import (
+    CapturedSource,
+    buffer_table_name,
+    create_buffer,
+    drop_buffer,
+    load_sources,
+)
+from walstream.errors import OlderTransactionsRunning
 from walstream.replication import ensure_slot
 
 SLOT_NAME = "pgtrickle"
 PUBLICATION_NAME = "pgtrickle"
-BUFFER_SCHEMA = "pgtrickle_changes"
+
+# What pgtrickle.sources.original_replica_identity holds, as ALTER TABLE spells it.
+_IDENTITIES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL"}
 
 
-@dataclass(frozen=True)
-class CapturedSource:
-    """A row of ``pgtrickle.sources``: a captured table and the layout of its buffer."""
-
-    oid: int
-    schema: str
-    name: str
-    buffer_table: str
-    columns: tuple[str, ...]
-    column_types: tuple[str, ...]
-
-    @property
-    def buffer(self) -> sql.Composed:
-        return sql.SQL("{}.{}").format(
-            sql.Identifier(BUFFER_SCHEMA), sql.Identifier(self.buffer_table)
-        )
-
-    @property
-    def qualified_name(self) -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.name))
-
-
-def buffer_table_name(oid: int) -> str:
-    return f"changes_{oid}"
-
-
-def buffer_columns(n_columns: int) -> list[str]:
-    """The buffer's value columns: old values ``o1..oN``, then new values ``n1..nN``.
-
-    Positional names keep buffers independent of the length and spelling of the source's
-    column names; ``pgtrickle.sources.columns`` maps positions back to names.
-    """
-    return [f"o{i}" for i in range(1, n_columns + 1)] + [f"n{i}" for i in range(1, n_columns + 1)]
-
-
-def load_sources(conn: psycopg.Connection[Any]) -> dict[int, CapturedSource]:
-    rows = conn.execute(
-        "SELECT source_oid, schema_name, name, buffer_table, columns, column_types"
-        " FROM pgtrickle.sources"
-    ).fetchall()
-    return {
-        int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))
-        for r in rows
-    }
+def publication_exists(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION_NAME,))
+    return row.fetchone() is not None
 
 
 def ensure_publication(conn: psycopg.Connection[Any]) -> None:
-    exists = conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION_NAME,)
-    ).fetchone()
-    if not exists:
+    if not publication_exists(conn):
         conn.execute(
             sql.SQL(
                 "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')"
@@ -113,19 +77,7 @@ def capture_source(conn: psycopg.Connection[Any], table: SourceTable) -> Capture
         columns=tuple(c.name for c in table.columns),
         column_types=tuple(c.type for c in table.columns),
     )
-    value_columns = [
-        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(col_type))
-        for name, col_type in zip(
-            buffer_columns(len(source.columns)), source.column_types * 2, strict=True
-        )
-    ]
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, seq integer NOT NULL,"
-            ' action "char" NOT NULL, {})'
-        ).format(source.buffer, sql.SQL(", ").join(value_columns))
-    )
-    conn.execute(sql.SQL("CREATE INDEX ON {} (xid)").format(source.buffer))
+    create_buffer(conn, source)
     conn.execute(
         "INSERT INTO pgtrickle.sources (source_oid, schema_name, name, buffer_table, columns,"
         " column_types, original_replica_identity) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -153,8 +105,14 @@ def release_source(conn: psycopg.Connection[Any], source: CapturedSource) -> Non
         "SELECT original_replica_identity FROM pgtrickle.sources WHERE source_oid = %s",
         (source.oid,),
     ).fetchone()
-    still_exists = conn.execute("SELECT 1 FROM pg_class WHERE oid = %s", (source.oid,)).fetchone()
-    if still_exists:
+    # by oid: the table may have been renamed since it was captured
+    current = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.oid = %s",
+        (source.oid,),
+    ).fetchone()
+    if current:
+        target = sql.SQL("{}.{}").format(sql.Identifier(current[0]), sql.Identifier(current[1]))
         published = conn.execute(
             "SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid"
             " WHERE p.pubname = %s AND pr.prrelid = %s",
@@ -163,17 +121,15 @@ def release_source(conn: psycopg.Connection[Any], source: CapturedSource) -> Non
         if published:
             conn.execute(
                 sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-                    sql.Identifier(PUBLICATION_NAME), source.qualified_name
+                    sql.Identifier(PUBLICATION_NAME), target
                 )
             )
-        identity = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL"}.get(row[0] if row else "f")
-        if identity:
+        identity = _IDENTITIES.get(row[0] if row else "f")
+        if identity and identity != "FULL":
             conn.execute(
-                sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
-                    source.qualified_name, sql.SQL(identity)
-                )
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(target, sql.SQL(identity))
             )
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(source.buffer))
+    drop_buffer(conn, source)
     conn.execute("DELETE FROM pgtrickle.sources WHERE source_oid = %s", (source.oid,))
 
 
@@ -196,7 +152,7 @@ def wait_for_older_transactions(conn: psycopg.Connection[Any], timeout: float = 
         if not running:
             return
         if time.monotonic() > deadline:
-            raise PgTrickleError(
+            raise OlderTransactionsRunning(
                 "transactions older than the new stream table are still running",
                 detail=f"waited {timeout:g} s for transaction(s) {', '.join(running)}",
                 hint="commit or end them (pg_stat_activity shows them), then apply again",

@@ -1,10 +1,10 @@
-"""Reads and writes the ``pgtrickle`` catalog, and gives the compiler its catalog facts."""
+"""Reads the ``pgtrickle`` catalog into typed rows, and gives the compiler its catalog facts."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -12,6 +12,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from dvm.catalog import CatalogFacts, Column, SourceTable
+from dvm.plan import RefreshMode
+from dvm.stored import StoredPlan
 from walstream.errors import NotFound
 
 # Schemas whose tables are never sources: the system's and pgtrickle's own.
@@ -58,6 +60,15 @@ def catalog_facts(conn: psycopg.Connection[Any]) -> CatalogFacts:
     return CatalogFacts(tables=tables, search_path=search_path)
 
 
+class StreamTableStatus(StrEnum):
+    INITIALIZING = "initializing"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    """Stopped until an operator acts: a source changed in a way the plan cannot follow."""
+    ERROR = "error"
+    """The last refresh failed; the daemon keeps retrying with backoff."""
+
+
 @dataclass(frozen=True)
 class StreamTable:
     """A row of ``pgtrickle.stream_tables``."""
@@ -66,19 +77,22 @@ class StreamTable:
     schema: str
     name: str
     query: str
+    """The defining query as declared; ``plan.query`` is the normalized text to run."""
     schedule: str
-    refresh_mode: str
-    effective_refresh_mode: str
+    refresh_mode: RefreshMode
+    effective_refresh_mode: RefreshMode
     fallback_reason: str | None
-    plan: dict[str, Any]
+    plan: StoredPlan
     frontier: str | None
     frontier_lsn: str | None
-    status: str
+    status: StreamTableStatus
     last_error: str | None
     consecutive_errors: int
     last_refresh_at: datetime | None
     data_timestamp: datetime | None
     source_oids: tuple[int, ...]
+    revision: int
+    """Bumped by every change of the declaration: a refresh holding an older one reloads."""
 
     @property
     def qualified_name(self) -> sql.Composed:
@@ -93,7 +107,7 @@ _SELECT = """
     SELECT st.id, st.schema_name AS schema, st.name, st.query, st.schedule, st.refresh_mode,
            st.effective_refresh_mode, st.fallback_reason, st.plan, st.frontier::text AS frontier,
            st.frontier_lsn::text AS frontier_lsn, st.status, st.last_error,
-           st.consecutive_errors, st.last_refresh_at, st.data_timestamp,
+           st.consecutive_errors, st.last_refresh_at, st.data_timestamp, st.revision,
            coalesce((SELECT array_agg(d.source_oid::bigint ORDER BY d.source_oid)
                        FROM pgtrickle.dependencies d WHERE d.stream_table_id = st.id),
                     '{}') AS source_oids
@@ -102,10 +116,12 @@ _SELECT = """
 
 
 def _row(record: dict[str, Any]) -> StreamTable:
-    plan = record["plan"]
     record = {
         **record,
-        "plan": plan if isinstance(plan, dict) else json.loads(plan),
+        "refresh_mode": RefreshMode(record["refresh_mode"]),
+        "effective_refresh_mode": RefreshMode(record["effective_refresh_mode"]),
+        "status": StreamTableStatus(record["status"]),
+        "plan": StoredPlan.from_json(record["plan"]),
         "source_oids": tuple(int(o) for o in record["source_oids"]),
     }
     return StreamTable(**record)
@@ -119,6 +135,13 @@ def list_stream_tables(conn: psycopg.Connection[Any]) -> list[StreamTable]:
 def split_name(name: str) -> tuple[str, str]:
     schema, _, table = name.rpartition(".")
     return (schema or "public", table)
+
+
+def find_stream_table(conn: psycopg.Connection[Any], st_id: int) -> StreamTable | None:
+    """The stream table with catalog id ``st_id``, None once it was dropped."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        record = cur.execute(_SELECT + " WHERE st.id = %s", (st_id,)).fetchone()
+    return _row(record) if record is not None else None
 
 
 def get_stream_table(conn: psycopg.Connection[Any], name: str) -> StreamTable:

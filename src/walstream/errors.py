@@ -1,56 +1,71 @@
-"""The errors the service raises, all subclasses of ``dvm.errors.PgTrickleError``.
+"""The errors of change capture and the catalog: reaching the server, its settings, the catalog.
 
-Service code imports every error from here, including the compiler's, so callers choose what
-to do by type (``except CycleDetected``) rather than by reading messages:
+Service code raises these by class, and callers choose what to do by type (``except
+ConnectionFailed``), never by reading messages:
 
->>> from walstream.errors import InvalidDeclaration, PgTrickleError
->>> err = InvalidDeclaration('pgtrickle.yaml:3: stream table "t": unknown key "shedule"',
-...                          hint='did you mean "schedule"?')
->>> isinstance(err, PgTrickleError), err.hint
-(True, 'did you mean "schedule"?')
+>>> err = ConnectionFailed("cannot connect to the database", hint="is the server running?")
+>>> err.code, err.exit_code, isinstance(err, PgTrickleError)
+('PGT201', 4, True)
 """
 
 from __future__ import annotations
 
-from dvm.errors import InvalidQuery, PgTrickleError, UnsupportedQuery
+from dvm.errors import PgTrickleError
 
 __all__ = [
+    "CatalogOutdated",
     "CatalogTooNew",
-    "CycleDetected",
-    "FuseBlown",
-    "InvalidDeclaration",
-    "InvalidQuery",
+    "ConnectionFailed",
+    "DatabaseError",
+    "InvalidDsn",
+    "InvalidMigration",
+    "MissingPrivilege",
     "NotFound",
+    "OlderTransactionsRunning",
     "PgTrickleError",
-    "UnsupportedQuery",
-    "UpstreamSchemaChanged",
-    "WaitTimeout",
+    "ServerNotReady",
 ]
 
-
-class InvalidDeclaration(PgTrickleError):
-    """``pgtrickle.yaml`` (or a schedule in it) says something pgtrickle cannot accept."""
+EXIT_UNAVAILABLE = 4
 
 
-class CycleDetected(PgTrickleError):
-    """Stream tables would read each other in a cycle, so no refresh order exists."""
-
-
-class UpstreamSchemaChanged(PgTrickleError):
-    """A table a stream table reads was altered in a way its compiled delta cannot follow."""
-
-
-class FuseBlown(PgTrickleError):
-    """A stream table's fuse tripped; it stays stopped until an operator resets it."""
-
-
-class CatalogTooNew(PgTrickleError):
-    """The ``pgtrickle`` catalog was written by a newer pgtrickle than this one."""
-
-
-class NotFound(PgTrickleError):
+class NotFound(PgTrickleError, code="PGT106"):
     """The named stream table does not exist."""
 
 
-class WaitTimeout(PgTrickleError):
-    """``wait`` gave up before every stream table caught up with the WAL position asked for."""
+class ConnectionFailed(PgTrickleError, code="PGT201"):
+    """The server cannot be reached, refused the login, or the connection broke."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class InvalidDsn(PgTrickleError, code="PGT202"):
+    """The connection string is not one libpq can read."""
+
+
+class ServerNotReady(PgTrickleError, code="PGT203"):
+    """A server setting pgtrickle needs is missing: ``wal_level``, free replication slots."""
+
+
+class MissingPrivilege(PgTrickleError, code="PGT204"):
+    """The role pgtrickle connects as may not do what the command needs."""
+
+
+class CatalogOutdated(PgTrickleError, code="PGT205"):
+    """The ``pgtrickle`` catalog is missing or older than this code."""
+
+
+class CatalogTooNew(PgTrickleError, code="PGT206"):
+    """The ``pgtrickle`` catalog was written by a newer pgtrickle than this one."""
+
+
+class OlderTransactionsRunning(PgTrickleError, code="PGT207"):
+    """A new source cannot be populated while transactions older than its capture run."""
+
+
+class DatabaseError(PgTrickleError, code="PGT210"):
+    """The server refused a statement pgtrickle sent, for a reason not foreseen elsewhere."""
+
+
+class InvalidMigration(PgTrickleError, code="PGT212"):
+    """A file of ``migrations/`` is misnamed or two share a version."""

@@ -15,12 +15,11 @@ from typing import Any
 
 import psycopg
 
-from walstream.errors import CatalogTooNew, PgTrickleError
+from walstream.dsn import connect
+from walstream.errors import CatalogOutdated, CatalogTooNew, InvalidMigration
+from walstream.locks import MIGRATION_LOCK
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# pg_advisory_xact_lock keys: a fixed class for pgtrickle, and one key per purpose
-LOCK_CLASS = 0x7067_7472  # "pgtr"
-MIGRATION_LOCK = 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def known_migrations(directory: Path | None = None) -> list[Migration]:
     for path in sorted(directory.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
         if not match:
-            raise PgTrickleError(
+            raise InvalidMigration(
                 f"migration file {path.name} is not named NNNN_name.sql",
                 detail=f"in {directory}",
                 hint="rename it, e.g. 0002_add_fuse.sql",
@@ -54,7 +53,11 @@ def known_migrations(directory: Path | None = None) -> list[Migration]:
         found.append(Migration(int(match.group(1)), match.group(2), path))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
-        raise PgTrickleError(f"two migrations share a version number in {directory}")
+        raise InvalidMigration(
+            f"two migrations share a version number in {directory}",
+            detail=", ".join(sorted(p.name for p in directory.glob("*.sql"))),
+            hint="give each migration a version of its own",
+        )
     return found
 
 
@@ -68,31 +71,44 @@ def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
 
 
 def migrate(dsn: str, directory: Path | None = None) -> list[Migration]:
-    """Bring the catalog up to date; returns the migrations that were applied now."""
+    """Bring the catalog up to date, one transaction per migration; returns those applied."""
     known = known_migrations(directory)
     applied_now: list[Migration] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(dsn, autocommit=True) as conn:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
+            MIGRATION_LOCK.lock_for_transaction(conn)
             _check_not_newer(applied_versions(conn), known)
         for migration in known:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
-                if migration.version in applied_versions(conn):
-                    continue
-                conn.execute(
-                    "CREATE SCHEMA IF NOT EXISTS pgtrickle;"
-                    " CREATE TABLE IF NOT EXISTS pgtrickle.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                conn.execute(migration.sql().encode())
-                conn.execute(
-                    "INSERT INTO pgtrickle.schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                applied_now.append(migration)
+                MIGRATION_LOCK.lock_for_transaction(conn)
+                if migration.version not in applied_versions(conn):
+                    _run(conn, migration)
+                    applied_now.append(migration)
     return applied_now
+
+
+def apply_pending(conn: psycopg.Connection[Any]) -> list[Migration]:
+    """Apply every pending migration inside the caller's transaction (a dry run rolls it back:
+    DDL is transactional)."""
+    MIGRATION_LOCK.lock_for_transaction(conn)
+    pending = pending_migrations(conn)
+    for migration in pending:
+        _run(conn, migration)
+    return pending
+
+
+def _run(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    conn.execute(
+        "CREATE SCHEMA IF NOT EXISTS pgtrickle;"
+        " CREATE TABLE IF NOT EXISTS pgtrickle.schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(migration.sql().encode())
+    conn.execute(
+        "INSERT INTO pgtrickle.schema_migrations (version, name) VALUES (%s, %s)",
+        (migration.version, migration.name),
+    )
 
 
 def check_current(conn: psycopg.Connection[Any]) -> None:
@@ -100,13 +116,28 @@ def check_current(conn: psycopg.Connection[Any]) -> None:
     known = known_migrations()
     applied = applied_versions(conn)
     _check_not_newer(applied, known)
+    if not applied:
+        raise CatalogOutdated(
+            "this database has no pgtrickle catalog",
+            detail="the pgtrickle schema is created by the first `pgtrickle apply`",
+            hint="declare stream tables in pgtrickle.yaml and run `pgtrickle apply`, or check"
+            " that --dsn names the database you meant",
+        )
     missing = [m.version for m in known if m.version not in applied]
     if missing:
-        raise PgTrickleError(
+        raise CatalogOutdated(
             "the pgtrickle catalog is not up to date",
             detail=f"migrations not applied: {', '.join(map(str, missing))}",
-            hint="run `pgtrickle apply` (or `pgtrickle migrate`) against this database first",
+            hint="run `pgtrickle migrate` (or `pgtrickle apply`) against this database first",
         )
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
+    """What ``migrate`` would apply now (reads only)."""
+    known = known_migrations()
+    applied = applied_versions(conn)
+    _check_not_newer(applied, known)
+    return [m for m in known if m.version not in applied]
 
 
 def _check_not_newer(applied: list[int], known: list[Migration]) -> None:

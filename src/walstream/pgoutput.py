@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from dvm.errors import PgTrickleError
 
 
-class PgOutputError(PgTrickleError):
+class PgOutputError(PgTrickleError, code="PGT209"):
     """A payload is not a well-formed pgoutput protocol 1 message."""
 
 

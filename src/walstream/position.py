@@ -8,19 +8,26 @@ runs one itself until it has caught up.
 from __future__ import annotations
 
 import time
-
-import psycopg
+from collections.abc import Callable
 
 from walstream.capture import SLOT_NAME
-from walstream.reader import ChangeReader
+from walstream.dsn import connect
+from walstream.reader import ChangeReader, SchemaChange
 from walstream.replication import parse_lsn
 
 
 class SlotPosition:
-    def __init__(self, dsn: str, slot: str = SLOT_NAME) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        slot: str = SLOT_NAME,
+        *,
+        on_schema_change: Callable[[SchemaChange], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.slot = slot
-        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.on_schema_change = on_schema_change
+        self.conn = connect(dsn, autocommit=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -47,7 +54,10 @@ class SlotPosition:
                 return False
             if not active:
                 # nobody reads the slot: read it here, just far enough
-                if ChangeReader(self.dsn, slot=self.slot).run_until(lsn, remaining):
+                reader = ChangeReader(
+                    self.dsn, slot=self.slot, on_schema_change=self.on_schema_change
+                )
+                if reader.run_until(lsn, remaining):
                     return True
                 continue
             time.sleep(min(0.002, remaining))

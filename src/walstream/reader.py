@@ -10,6 +10,10 @@ crash the slot sends again what was not confirmed, and transactions ending at or
 ``position`` is how far the reader has decoded and buffered: every transaction whose commit
 ends at or before it is in the buffers. It advances with each written batch and, when nothing
 is pending, with the WAL end of keepalives, which is what a refresh waits on.
+
+The reader writes nothing but buffers and its own position. What it notices about a source
+(a column the buffer captures is gone) it reports through ``on_schema_change``; the
+scheduler decides what that means for the stream tables reading it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ from typing import Any, NamedTuple
 
 import psycopg
 import structlog
-from psycopg import sql
 
-from walstream.capture import PUBLICATION_NAME, SLOT_NAME, CapturedSource, buffer_columns
-from walstream.capture import load_sources as load_captured_sources
+from walstream.buffers import (
+    BufferAction,
+    CapturedSource,
+    Value,
+    buffer_values,
+    copy_statement,
+    load_sources,
+)
+from walstream.capture import PUBLICATION_NAME, SLOT_NAME
+from walstream.dsn import connect
+from walstream.errors import ConnectionFailed
 from walstream.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
@@ -53,17 +65,25 @@ BATCH_SECONDS = 0.02
 STATUS_INTERVAL = 10.0
 XID_EPOCH = 1 << 32
 
-Row = tuple[str | None, ...]
+Row = tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """A captured source changed so that its buffer can no longer hold its changes."""
+
+    source: CapturedSource
+    missing_columns: tuple[str, ...]
 
 
 @dataclass
 class _Transaction:
     xid: int
     # per source: (order within the transaction, action, old + new values)
-    rows: dict[int, list[tuple[int, str, Row]]] = field(default_factory=dict)
+    rows: dict[int, list[tuple[int, BufferAction, Row]]] = field(default_factory=dict)
     changes: int = 0
 
-    def add(self, oid: int, action: str, values: Row) -> None:
+    def add(self, oid: int, action: BufferAction, values: Row) -> None:
         self.changes += 1
         self.rows.setdefault(oid, []).append((self.changes, action, values))
 
@@ -104,17 +124,18 @@ class ChangeReader:
         slot: str = SLOT_NAME,
         publication: str = PUBLICATION_NAME,
         on_buffered: Callable[[set[int], int], None] | None = None,
+        on_schema_change: Callable[[SchemaChange], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
         self.on_buffered = on_buffered
+        self.on_schema_change = on_schema_change
         self._position = 0
         self._changed = threading.Condition()
         self._stop = threading.Event()
         # per captured relation: for each buffer column, its position in pgoutput's tuples
         self._layouts: dict[int, Layout] = {}
-        self._suspend: dict[int, str] = {}
         self._sources: dict[int, CapturedSource] = {}
 
     # -- position, for refreshes waiting on it ------------------------------------------
@@ -154,7 +175,7 @@ class ChangeReader:
             try:
                 self._run_once()
                 backoff = 0.1
-            except (psycopg.OperationalError, ReplicationError, OSError) as exc:
+            except (psycopg.OperationalError, ConnectionFailed, ReplicationError, OSError) as exc:
                 # the batch in progress was not committed, so the slot was not confirmed
                 # past it: the server sends it again after the reconnect
                 log.warning("reader connection lost; reconnecting", error=str(exc).strip())
@@ -172,7 +193,7 @@ class ChangeReader:
             thread.join()
 
     def _run_once(self) -> None:
-        with psycopg.connect(self.dsn) as writer:
+        with connect(self.dsn) as writer:
             writer.execute("SET synchronous_commit = on")
             writer.commit()
             buffered = self._load_state(writer)
@@ -181,7 +202,7 @@ class ChangeReader:
                 self._stream(stream, writer, buffered)
 
     def _load_state(self, writer: psycopg.Connection[Any]) -> int:
-        self._sources = load_captured_sources(writer)
+        self._sources = load_sources(writer)
         row = writer.execute(
             "SELECT buffered_lsn::text FROM pgtrickle.reader_state WHERE slot_name = %s",
             (self.slot,),
@@ -225,7 +246,7 @@ class ChangeReader:
                 assert txn is not None
                 if decoded.end_lsn <= buffered:
                     pass  # sent again after a restart; already in the buffers
-                elif txn.rows or self._suspend:
+                elif txn.rows:
                     if not batch:
                         batch.started = time.monotonic()
                     batch.transactions.append((txn, decoded.end_lsn))
@@ -255,36 +276,42 @@ class ChangeReader:
         elif isinstance(message, Insert):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
-                txn.add(
-                    message.relation_oid, "I", (None,) * layout.width + _pick(message.new, layout)
+                values = buffer_values(
+                    BufferAction.INSERT, None, _pick(message.new, layout), layout.width
                 )
+                txn.add(message.relation_oid, BufferAction.INSERT, values)
         elif isinstance(message, Update):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
                 old = _pick(message.old or message.key or (), layout)
-                txn.add(message.relation_oid, "U", old + _pick(message.new, layout, old))
+                new = _pick(message.new, layout, old)
+                values = buffer_values(BufferAction.UPDATE, old, new, layout.width)
+                txn.add(message.relation_oid, BufferAction.UPDATE, values)
         elif isinstance(message, Delete):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
                 old = _pick(message.old or message.key or (), layout)
-                txn.add(message.relation_oid, "D", old + (None,) * layout.width)
+                values = buffer_values(BufferAction.DELETE, old, None, layout.width)
+                txn.add(message.relation_oid, BufferAction.DELETE, values)
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
                 layout = self._layouts.get(oid)
                 if layout is not None:
-                    txn.add(oid, "T", (None,) * (2 * layout.width))
+                    values = buffer_values(BufferAction.TRUNCATE, None, None, layout.width)
+                    txn.add(oid, BufferAction.TRUNCATE, values)
 
     def _on_relation(self, relation: Relation) -> None:
         """Map the relation's columns onto its buffer's, by name.
 
         A Relation message precedes a relation's first change in a session and follows any
         change of its schema. Added columns are left out; a captured column that is gone
-        makes the source unusable, and the stream tables reading it are suspended.
+        makes the source's changes unusable: they are not buffered, and ``on_schema_change``
+        hears of it.
         """
         source = self._sources.get(relation.oid)
         if source is None:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                self._sources = load_captured_sources(conn)
+            with connect(self.dsn, autocommit=True) as conn:
+                self._sources = load_sources(conn)
             source = self._sources.get(relation.oid)
         self._layouts.pop(relation.oid, None)
         if source is None:
@@ -292,12 +319,9 @@ class ChangeReader:
         names = [c.name for c in relation.columns]
         missing = [c for c in source.columns if c not in names]
         if missing:
-            self._suspend[relation.oid] = (
-                f'source "{source.schema}.{source.name}" changed: column(s)'
-                f" {', '.join(missing)} no longer exist; re-create the stream table"
-                " (pgtrickle apply after changing its query)"
-            )
-            log.error("source schema changed", source=source.name, missing=missing)
+            log.error("source schema changed", source=source.display_name, missing=missing)
+            if self.on_schema_change is not None:
+                self.on_schema_change(SchemaChange(source, tuple(missing)))
             return
         positions = tuple(names.index(c) for c in source.columns)
         identity = positions == tuple(range(len(names)))
@@ -315,24 +339,11 @@ class ChangeReader:
             for oid in txn.rows:
                 per_source.setdefault(oid, []).append((xid8, end_lsn, txn))
         for oid, entries in per_source.items():
-            source = self._sources[oid]
-            columns = [sql.Identifier(c) for c in buffer_columns(len(source.columns))]
-            statement = sql.SQL("COPY {} (xid, lsn, seq, action, {}) FROM STDIN").format(
-                source.buffer, sql.SQL(", ").join(columns)
-            )
-            with writer.cursor().copy(statement) as copy:
+            with writer.cursor().copy(copy_statement(self._sources[oid])) as copy:
                 for xid8, end_lsn, txn in entries:
                     lsn_text = format_lsn(end_lsn)
                     for seq, action, values in txn.rows[oid]:
-                        copy.write_row((xid8, lsn_text, seq, action, *values))
-        for oid, reason in self._suspend.items():
-            writer.execute(
-                "UPDATE pgtrickle.stream_tables SET status = 'suspended', last_error = %s"
-                " WHERE id IN (SELECT stream_table_id FROM pgtrickle.dependencies"
-                " WHERE source_oid = %s)",
-                (reason, oid),
-            )
-        self._suspend.clear()
+                        copy.write_row((xid8, lsn_text, seq, action.value, *values))
         writer.execute(
             "INSERT INTO pgtrickle.reader_state (slot_name, buffered_lsn) VALUES (%s, %s)"
             " ON CONFLICT (slot_name) DO UPDATE SET buffered_lsn = excluded.buffered_lsn,"

@@ -49,7 +49,7 @@ _STANDBY_STATUS = struct.Struct(">cQQQq?")  # 'r', written, flushed, applied, cl
 _SEND_TIMEOUT = 10.0  # seconds to get a status update out before calling the connection dead
 
 
-class ReplicationError(PgTrickleError):
+class ReplicationError(PgTrickleError, code="PGT208"):
     """The replication connection failed, or the server ended the stream."""
 
 

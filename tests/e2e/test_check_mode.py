@@ -14,13 +14,13 @@ import time
 import pytest
 from psycopg import sql
 
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import Writer, create_schema
+from pgtrickle.reconcile import apply
 from scheduler.refresh import Refresher, RefreshMismatch
 from tests.fixtures.plugin import Database
-from walstream.apply import apply
 from walstream.catalog import get_stream_table
-from walstream.declarations import parse_declarations
 from walstream.reader import ChangeReader
-from walstream.workload import Writer, create_schema
 
 JOIN_AGGREGATE = """
 stream_tables:

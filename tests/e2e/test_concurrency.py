@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import STREAM_TABLES_YAML, Writer, create_schema
+from pgtrickle.reconcile import apply
 from scheduler.progress import wait_caught_up
 from tests.fixtures.plugin import Database
 from tests.fixtures.streams import mismatched, refresh_errors, running_daemon
-from walstream.apply import apply
-from walstream.declarations import parse_declarations
-from walstream.workload import STREAM_TABLES_YAML, Writer, create_schema
 
 WRITE_SECONDS = 8.0
 

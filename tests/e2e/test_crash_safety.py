@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.cluster import LocalCluster, temporary_cluster
+from pgtrickle.dev.workload import STREAM_TABLES_YAML, Writer, create_schema
+from pgtrickle.reconcile import apply
 from scheduler.progress import wait_caught_up
 from tests.fixtures.streams import mismatched, refresh_errors
-from walstream.apply import apply
-from walstream.declarations import parse_declarations
-from walstream.devcluster import LocalCluster, temporary_cluster
-from walstream.workload import STREAM_TABLES_YAML, Writer, create_schema
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def start_daemon(dsn: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGTRICKLE_CHECK_REFRESH": "1", "PGTRICKLE_LOG_LEVEL": "warning"}
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "walstream.cli", "run", "--dsn", dsn],
+            [sys.executable, "-m", "pgtrickle.cli", "run", "--dsn", dsn],
             env=env,
             stdout=out,
             stderr=out,

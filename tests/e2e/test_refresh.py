@@ -9,17 +9,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scheduler.daemon import prune_buffers
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import create_schema
+from pgtrickle.reconcile import apply
 from scheduler.refresh import RefreshAction, Refresher
 from tests.fixtures.plugin import Database
 from tests.fixtures.streams import mismatched
-from walstream.apply import apply
-from walstream.capture import load_sources
+from walstream.buffers import load_sources, prune
 from walstream.catalog import get_stream_table
-from walstream.declarations import parse_declarations
 from walstream.reader import ChangeReader
 from walstream.replication import parse_lsn
-from walstream.workload import create_schema
 
 YAML = """
 stream_tables:
@@ -92,10 +91,10 @@ def test_applied_changes_are_pruned_and_pending_ones_kept(
         lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         assert lsn is not None
         assert refresher.waiter.wait_for(parse_lsn(lsn[0]), 30)
-        prune_buffers(conn)
+        prune(conn)
     assert buffered_rows(db.dsn) == 5
     refresh(refresher)
     with psycopg.connect(db.dsn, autocommit=True) as conn:
-        prune_buffers(conn)
+        prune(conn)
     assert buffered_rows(db.dsn) == 0
     assert mismatched(db.dsn) == {}

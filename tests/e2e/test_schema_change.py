@@ -6,12 +6,12 @@ import time
 
 import psycopg
 
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import create_schema
+from pgtrickle.reconcile import apply
 from scheduler.progress import wait_caught_up
 from tests.fixtures.plugin import Database
 from tests.fixtures.streams import mismatched, running_daemon
-from walstream.apply import apply
-from walstream.declarations import parse_declarations
-from walstream.workload import create_schema
 
 YAML = """
 stream_tables:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scheduler.errors import InvalidSchedule
 from scheduler.schedule import Schedule, ScheduleKind, format_duration, parse_schedule
-from walstream.errors import InvalidDeclaration
 
 T0 = datetime(2024, 1, 1, 12, 1, 30, tzinfo=UTC)
 
@@ -124,7 +124,7 @@ def test_a_duration_past_the_end_of_the_calendar_is_never_due() -> None:
     ],
 )
 def test_bad_schedules_are_refused_naming_the_value(text: str, problem: str) -> None:
-    with pytest.raises(InvalidDeclaration) as caught:
+    with pytest.raises(InvalidSchedule) as caught:
         parse_schedule(text)
     assert caught.value.message == f'invalid schedule "{text}": {problem}'
     assert caught.value.detail and "duration" in caught.value.detail
@@ -133,7 +133,7 @@ def test_bad_schedules_are_refused_naming_the_value(text: str, problem: str) -> 
 
 @pytest.mark.parametrize("text", ["61 * * * *", "*/0 * * * *", "0 0 30 2 *", "@every"])
 def test_invalid_cron_expressions_are_refused_with_croniters_reason(text: str) -> None:
-    with pytest.raises(InvalidDeclaration) as caught:
+    with pytest.raises(InvalidSchedule) as caught:
         parse_schedule(text)
     assert caught.value.message.startswith(
         f'invalid schedule "{text}": not a valid cron expression ('
@@ -143,7 +143,7 @@ def test_invalid_cron_expressions_are_refused_with_croniters_reason(text: str) -
 
 
 def test_a_near_miss_of_calculated_suggests_it() -> None:
-    with pytest.raises(InvalidDeclaration) as caught:
+    with pytest.raises(InvalidSchedule) as caught:
         parse_schedule("calculate")
     assert caught.value.hint == 'did you mean "calculated"?'
 

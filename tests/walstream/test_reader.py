@@ -9,7 +9,8 @@ from psycopg import sql
 
 from dvm.catalog import Column, SourceTable
 from tests.fixtures.plugin import Database
-from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication, load_sources
+from walstream.buffers import load_sources
+from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication
 from walstream.migrate import migrate
 from walstream.reader import ChangeReader, widen_xid
 from walstream.replication import parse_lsn

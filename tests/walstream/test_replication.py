@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgtrickle.dev.cluster import temporary_cluster
 from tests.fixtures.plugin import Database
 from walstream import replication
-from walstream.devcluster import temporary_cluster
 from walstream.pgoutput import (
     Begin,
     Commit,

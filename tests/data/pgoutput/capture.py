@@ -150,7 +150,7 @@ def _target(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from walstream.devcluster import temporary_cluster
+    from pgtrickle.dev.cluster import temporary_cluster
 
     cluster = temporary_cluster()
     cluster.start()

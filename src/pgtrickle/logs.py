@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-_SECRETS = [
-    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1********"),
-    (re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]*)(@)", re.IGNORECASE), r"\1********\3"),
-]
-
-
-def redact(text: str) -> str:
-    """Hide passwords in DSNs and URIs.
-
-    >>> redact("host=db password=s3cret user=app"), redact("postgresql://app:pw@db/x")
-    ('host=db password=******** user=app', 'postgresql://app:********@db/x')
-    """
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
+from walstream.dsn import redact
 
 
 def _redact_event(

@@ -1,12 +1,14 @@
 """``./run demo``: a private PostgreSQL, a sample shop under load, three stream tables, live.
 
-Everything it starts it stops again on Ctrl-C or after ``--duration`` seconds: the writers,
-the daemon and the cluster (whose data directory is removed).
+Everything it starts it stops again on Ctrl-C or after ``--duration`` seconds, and everything
+it creates it removes: the writers, the daemon, the cluster and its data directory, and the
+declarations file it wrote.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -15,13 +17,13 @@ from pathlib import Path
 
 import psycopg
 
+from pgtrickle import logs
+from pgtrickle.declarations import load_declarations
+from pgtrickle.dev.cluster import temporary_cluster
+from pgtrickle.dev.workload import Writer, create_schema
+from pgtrickle.reconcile import apply
+from pgtrickle.status import stream_table_states
 from scheduler.daemon import Daemon
-from walstream import logs
-from walstream.apply import apply
-from walstream.declarations import load_declarations
-from walstream.devcluster import temporary_cluster
-from walstream.status import status_rows
-from walstream.workload import Writer, create_schema
 
 DEMO_YAML = """\
 # The demo's stream tables: a filter, a join, and an aggregate over a join.
@@ -54,15 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("warning")
 
     cluster = temporary_cluster(prefix="pgtrickle-demo-")
-    print(f"starting a private PostgreSQL in {cluster.base_dir} ...", flush=True)
-    cluster.start()
+    workdir = Path(tempfile.mkdtemp(prefix="pgtrickle-demo-"))
     stop = threading.Event()
     daemon: Daemon | None = None
     threads: list[threading.Thread] = []
     try:
+        print(f"starting a private PostgreSQL in {cluster.base_dir} ...", flush=True)
+        cluster.start()
         dsn = cluster.create_database("shop")
         create_schema(dsn, customers=50, orders=20_000, events=1_000)
-        workdir = Path(tempfile.mkdtemp(prefix="pgtrickle-demo-"))
         config = workdir / "pgtrickle.yaml"
         config.write_text(DEMO_YAML)
         print(f"declared stream tables in {config}; running pgtrickle apply ...", flush=True)
@@ -85,46 +87,59 @@ def main(argv: list[str] | None = None) -> int:
         for thread in threads:
             thread.join(timeout=30)
         cluster.destroy()
-        print("stopped: writers, daemon and the private PostgreSQL", flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("stopped and removed: writers, daemon, the private PostgreSQL", flush=True)
     return 0
 
 
 def _show(dsn: str, stop: threading.Event, duration: float | None) -> None:
     started = time.monotonic()
     live = sys.stdout.isatty()
+    if not live:
+        print(
+            "every second, per stream table: name, effective refresh mode, status, rows,"
+            " staleness (time since its data was last current), time of its last refresh",
+            flush=True,
+        )
     while not stop.is_set():
-        if duration is not None and time.monotonic() - started >= duration:
+        elapsed = time.monotonic() - started
+        if duration is not None and elapsed >= duration:
             return
         try:
-            rows = status_rows(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                counts = conn.execute(
-                    "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM customers)"
-                ).fetchone()
+                states = stream_table_states(conn)
+                counts = conn.execute("SELECT count(*) FROM orders").fetchone()
         except psycopg.Error as exc:
-            print(f"(status unavailable: {exc})")
+            print(f"(status unavailable: {str(exc).strip()})", flush=True)
             stop.wait(1.0)
             continue
         orders = counts[0] if counts else "?"
-        lines = [
-            f"pgtrickle demo - {time.monotonic() - started:5.1f}s - orders: {orders}"
-            " - Ctrl-C to stop",
-            "",
-            f"{'stream table':<20} {'mode':<13} {'status':<8} {'rows':>8} {'staleness':>10}"
-            f"  last refresh",
-        ]
-        for r in rows:
-            staleness = r["staleness_seconds"]
-            shown = f"{staleness * 1000:.0f} ms" if staleness is not None else "-"
-            lines.append(
-                f"{r['name']:<20} {r['effective_refresh_mode']:<13} {r['status']:<8}"
-                f" {r['rows']:>8} {shown:>10}"
-                f"  {str(r['last_refresh_at'])[11:23] if r['last_refresh_at'] else '-'}"
+        rows = [
+            (
+                s.name,
+                s.effective_refresh_mode.value,
+                s.status.value,
+                str(s.rows),
+                f"{s.staleness_seconds * 1000:.0f} ms" if s.staleness_seconds is not None else "-",
+                s.last_refresh_at.strftime("%H:%M:%S.%f")[:12] if s.last_refresh_at else "-",
             )
+            for s in states
+        ]
         if live:
+            lines = [
+                f"pgtrickle demo - {elapsed:5.1f}s - orders: {orders} - Ctrl-C to stop",
+                "",
+                f"{'stream table':<20} {'mode':<13} {'status':<8} {'rows':>8} {'staleness':>10}"
+                "  last refresh",
+                *(f"{n:<20} {m:<13} {st:<8} {r:>8} {sl:>10}  {lr}" for n, m, st, r, sl, lr in rows),
+            ]
             print("\x1b[H\x1b[2J" + "\n".join(lines), flush=True)
         else:
-            print(" | ".join(lines[3:]), flush=True)
+            shown = " | ".join(
+                f"{n}: {m}, {st}, {r} rows, staleness {sl}, refreshed {lr}"
+                for n, m, st, r, sl, lr in rows
+            )
+            print(f"{elapsed:5.1f}s orders={orders} | {shown}", flush=True)
         stop.wait(0.5 if live else 1.0)
 
 

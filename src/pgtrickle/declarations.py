@@ -38,8 +38,9 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from dvm.plan import RefreshMode
+from pgtrickle.errors import InvalidDeclaration
+from scheduler.errors import InvalidSchedule
 from scheduler.schedule import Schedule, parse_schedule
-from walstream.errors import InvalidDeclaration
 
 __all__ = [
     "DEFAULT_REFRESH_MODE",
@@ -313,7 +314,7 @@ def _check_schedule(where: _Where, value: object) -> str:
         )
     try:
         parse_schedule(value)
-    except InvalidDeclaration as exc:
+    except InvalidSchedule as exc:
         raise where.refuse(exc.message, exc.detail, exc.hint) from None
     return value
 

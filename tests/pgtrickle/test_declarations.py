@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.schedule import ScheduleKind
-from walstream.declarations import (
+from pgtrickle.declarations import (
     Declarations,
     RefreshMode,
     StreamTableDecl,
     load_declarations,
     parse_declarations,
 )
-from walstream.errors import InvalidDeclaration
+from pgtrickle.errors import InvalidDeclaration
+from scheduler.schedule import ScheduleKind
 
 FILE = "pgtrickle.yaml"
 

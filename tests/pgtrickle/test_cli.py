@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgtrickle.dev.workload import create_schema
 from tests.fixtures.plugin import Database
 from tests.fixtures.streams import mismatched, running_daemon
-from walstream.workload import create_schema
 
 YAML = """\
 stream_tables:
@@ -31,7 +31,7 @@ def pgtrickle(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess
     if dsn:
         env["PGTRICKLE_DSN"] = dsn
     return subprocess.run(
-        [sys.executable, "-m", "walstream.cli", *args],
+        [sys.executable, "-m", "pgtrickle.cli", *args],
         capture_output=True,
         text=True,
         env=env,

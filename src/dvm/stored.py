@@ -1,0 +1,142 @@
+"""The compiled plan as the catalog keeps it: what a refresh needs, frozen and versioned.
+
+``StoredPlan`` is written to ``pgtrickle.stream_tables.plan`` (jsonb) when a stream table is
+created and read back by every refresh. Its JSON carries a ``version``; a document written by
+an older pgtrickle is read by the rule of its version, and one from a newer pgtrickle is
+refused rather than misread.
+
+>>> from dvm.catalog import CatalogFacts, Column, SourceTable
+>>> from dvm.compile import compile_query
+>>> t = SourceTable(16384, "public", "t", (Column("id", "integer"), Column("v", "text")), ("id",))
+>>> plan = stored_plan(compile_query("select v from t", CatalogFacts({("public", "t"): t}),
+...                                  ("public", "st")))
+>>> plan.apply_strategy, plan.user_columns, dict(plan.columns_read)
+(<ApplyStrategy.KEYED: 'keyed'>, ('v',), {16384: ('id', 'v')})
+>>> StoredPlan.from_json(plan.to_json()) == plan
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from dvm.errors import PgTrickleError
+from dvm.plan import ApplyStrategy, DeltaPlan
+from dvm.reason import Reason
+
+VERSION = 1
+"""The version this code writes. 0 is the untagged document of the first releases."""
+
+
+class UnreadablePlan(PgTrickleError, code="PGT211"):
+    """A stored plan was written by a newer pgtrickle, or is damaged."""
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    query: str
+    """The normalized defining query: what check mode and FULL refreshes run."""
+    storage_query: str
+    """Row id, user columns and auxiliary columns of the whole result: populates storage."""
+    delta_query: str | None
+    apply_sql: str | None
+    """ONE statement that applies the staged deltas to the storage table."""
+    apply_strategy: ApplyStrategy
+    user_columns: tuple[str, ...]
+    hidden_columns: tuple[str, ...]
+    columns_read: Mapping[int, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Source oid -> the columns the query reads of it (an UPDATE of others is no work)."""
+    differentiable: bool = False
+    reasons: tuple[Reason, ...] = ()
+    explain: str = ""
+
+    @property
+    def source_oids(self) -> tuple[int, ...]:
+        return tuple(self.columns_read)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": VERSION,
+                "query": self.query,
+                "storage_query": self.storage_query,
+                "delta_query": self.delta_query,
+                "apply_sql": self.apply_sql,
+                "apply_strategy": self.apply_strategy.value,
+                "user_columns": list(self.user_columns),
+                "hidden_columns": list(self.hidden_columns),
+                "columns_read": {str(oid): list(cols) for oid, cols in self.columns_read.items()},
+                "differentiable": self.differentiable,
+                "reasons": [reason.to_json() for reason in self.reasons],
+                "explain": self.explain,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, document: str | Mapping[str, Any]) -> StoredPlan:
+        data: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
+        version = data.get("version", 0)
+        if version not in (0, VERSION):
+            raise UnreadablePlan(
+                f"the stored plan has version {version}; this pgtrickle reads up to {VERSION}",
+                detail="the stream table was created by a newer version of pgtrickle",
+                hint="upgrade pgtrickle, or re-create the stream table with this version",
+            )
+        try:
+            reasons = tuple(
+                # version 0 kept each reason as the text "construct: why"
+                Reason(*item.split(": ", 1)) if version == 0 else Reason.from_json(item)
+                for item in data.get("reasons", ())
+            )
+            return cls(
+                query=data["query"],
+                storage_query=data["storage_query"],
+                delta_query=data.get("delta_query"),
+                apply_sql=data.get("apply_sql"),
+                apply_strategy=ApplyStrategy(data["apply_strategy"]),
+                user_columns=tuple(data["user_columns"]),
+                hidden_columns=tuple(data["hidden_columns"]),
+                columns_read=MappingProxyType(
+                    {int(oid): tuple(cols) for oid, cols in data.get("columns_read", {}).items()}
+                ),
+                differentiable=bool(data.get("differentiable", False)),
+                reasons=reasons,
+                explain=str(data.get("explain", "")),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise UnreadablePlan(
+                "the stored plan of a stream table cannot be read",
+                detail=f"{type(error).__name__}: {error}",
+                hint="re-create the stream table (change its query, or drop and apply it)",
+            ) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredPlan):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+
+def stored_plan(plan: DeltaPlan) -> StoredPlan:
+    """What of a compiled plan a refresh needs."""
+    return StoredPlan(
+        query=plan.query,
+        storage_query=plan.storage_query,
+        delta_query=plan.delta_query,
+        apply_sql=plan.apply_sql() if plan.delta_query else None,
+        apply_strategy=plan.apply_strategy,
+        user_columns=plan.user_columns,
+        hidden_columns=plan.hidden_columns,
+        columns_read=MappingProxyType(dict(plan.columns_read)),
+        differentiable=plan.differentiable,
+        reasons=plan.reasons,
+        explain=plan.explain(),
+    )

@@ -1,0 +1,89 @@
+"""``pgtrickle.refresh_history``: one row per refresh, populate or failure, and its pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+
+from walstream.catalog import StreamTable, StreamTableStatus
+from walstream.dsn import connect
+from walstream.replication import format_lsn
+
+HISTORY_KEPT_PER_STREAM_TABLE = 1000
+
+
+class RefreshAction(StrEnum):
+    FULL = "full"
+    DIFFERENTIAL = "differential"
+    NO_DATA = "no_data"
+    INITIALIZE = "initialize"
+
+
+@dataclass
+class RefreshResult:
+    action: RefreshAction
+    frontier_lsn: int
+    stream_table: StreamTable
+    """The catalog row the refresh ran against (reloaded if the declaration changed)."""
+    delta_rows: int = 0
+    rows_changed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshResult) -> None:
+    """One row for a refresh, written in the refresh's own transaction (a second commit would
+    cost a WAL flush); its total_ms ends before the commit."""
+    t = result.timings
+    conn.execute(
+        "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
+        " finished_at, frontier_lsn, delta_rows, rows_changed, snapshot_ms, wait_ms,"
+        " stage_ms, apply_ms, commit_ms, total_ms) VALUES (%s, %s, 'ok',"
+        " clock_timestamp() - make_interval(secs => %s / 1000.0), clock_timestamp(),"
+        " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            st_id,
+            result.action.value,
+            t.get("total_ms", 0.0),
+            format_lsn(result.frontier_lsn),
+            result.delta_rows,
+            result.rows_changed,
+            t.get("snapshot_ms"),
+            t.get("wait_ms"),
+            t.get("stage_ms"),
+            t.get("apply_ms"),
+            t.get("commit_ms"),
+            t.get("total_ms"),
+        ),
+    )
+
+
+def record_failure(dsn: str, st: StreamTable, error: BaseException) -> None:
+    """Mark a stream table's failed refresh in the catalog (on a connection of its own: the
+    refresh's transaction was rolled back)."""
+    message = str(error).strip()
+    with connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            "UPDATE pgtrickle.stream_tables SET status = %s, last_error = %s,"
+            " consecutive_errors = consecutive_errors + 1 WHERE id = %s AND status <> %s",
+            (StreamTableStatus.ERROR.value, message, st.id, StreamTableStatus.SUSPENDED.value),
+        )
+        conn.execute(
+            "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
+            " finished_at, error) SELECT id, %s, 'error', now(), now(), %s"
+            " FROM pgtrickle.stream_tables WHERE id = %s",
+            (st.effective_refresh_mode.value, message, st.id),
+        )
+
+
+def prune_history(conn: psycopg.Connection[Any]) -> None:
+    """Keep the newest refreshes of each stream table (and every error of the last day)."""
+    conn.execute(
+        "DELETE FROM pgtrickle.refresh_history h USING (SELECT id, row_number() OVER"
+        " (PARTITION BY stream_table_id ORDER BY id DESC) AS n FROM pgtrickle.refresh_history) o"
+        " WHERE h.id = o.id AND o.n > %s"
+        " AND NOT (h.status = 'error' AND h.finished_at > now() - interval '1 day')",
+        (HISTORY_KEPT_PER_STREAM_TABLE,),
+    )

@@ -1,0 +1,283 @@
+"""The change buffers: the one module that knows their tables, columns and rows.
+
+One table per captured source, ``pgtrickle_changes.changes_<oid>``:
+
+    xid     xid8      the source transaction's full xid (see ``reader.widen_xid``)
+    lsn     pg_lsn    the end of its commit record
+    seq     integer   the change's order within its transaction
+    action  "char"    ``BufferAction``: I, U, D, or T for TRUNCATE
+    o1..oN            the old values (UPDATE, DELETE), typed as the source's columns
+    n1..nN            the new values (INSERT, UPDATE)
+
+Positional value columns keep a buffer independent of the length and spelling of the
+source's column names; ``pgtrickle.sources.columns`` maps positions back to names.
+
+Everything else that reads or writes buffers asks this module for its SQL: the reader's COPY,
+the refresh's staging query and temp tables, ``wait``'s "behind" test, and pruning.
+
+>>> source = CapturedSource(16385, "public", "orders", "changes_16385", ("id", "amount"),
+...                         ("integer", "numeric(10,2)"))
+>>> value_columns(source)
+['o1', 'o2', 'n1', 'n2']
+>>> buffer_values(BufferAction.UPDATE, ("1", "9.50"), ("1", "12.00"), 2)
+('1', '9.50', '1', '12.00')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dvm.catalog import SourceTable
+from dvm.scan import delta_relation
+from dvm.zset import WEIGHT
+
+BUFFER_SCHEMA = "pgtrickle_changes"
+
+Value = str | None
+"""A value as pgoutput sends it: its text form, or None for NULL."""
+
+
+class BufferAction(StrEnum):
+    INSERT = "I"
+    UPDATE = "U"
+    DELETE = "D"
+    TRUNCATE = "T"
+
+
+@dataclass(frozen=True)
+class CapturedSource:
+    """A row of ``pgtrickle.sources``: a captured table and the layout of its buffer."""
+
+    oid: int
+    schema: str
+    name: str
+    buffer_table: str
+    columns: tuple[str, ...]
+    column_types: tuple[str, ...]
+
+    @property
+    def buffer(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(
+            sql.Identifier(BUFFER_SCHEMA), sql.Identifier(self.buffer_table)
+        )
+
+    @property
+    def qualified_name(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.name))
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def staging_table(self) -> str:
+        """The session temp table a refresh stages this source's delta into."""
+        return delta_relation(SourceTable(self.oid, self.schema, self.name, ()))
+
+
+def buffer_table_name(oid: int) -> str:
+    return f"changes_{oid}"
+
+
+def value_columns(source: CapturedSource) -> list[str]:
+    """The buffer's value columns: old values ``o1..oN``, then new values ``n1..nN``."""
+    n = len(source.columns)
+    return [f"o{i}" for i in range(1, n + 1)] + [f"n{i}" for i in range(1, n + 1)]
+
+
+def load_sources(conn: psycopg.Connection[Any]) -> dict[int, CapturedSource]:
+    rows = conn.execute(
+        "SELECT source_oid, schema_name, name, buffer_table, columns, column_types"
+        " FROM pgtrickle.sources"
+    ).fetchall()
+    return {
+        int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))
+        for r in rows
+    }
+
+
+# -- creating and dropping --------------------------------------------------------------
+
+
+def create_buffer(conn: psycopg.Connection[Any], source: CapturedSource) -> None:
+    """The buffer table of a newly captured source (inside the caller's transaction)."""
+    typed = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(column_type))
+        for name, column_type in zip(value_columns(source), source.column_types * 2, strict=True)
+    ]
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (xid xid8 NOT NULL, lsn pg_lsn NOT NULL, seq integer NOT NULL,"
+            ' action "char" NOT NULL, {})'
+        ).format(source.buffer, sql.SQL(", ").join(typed))
+    )
+    conn.execute(sql.SQL("CREATE INDEX ON {} (xid)").format(source.buffer))
+
+
+def drop_buffer(conn: psycopg.Connection[Any], source: CapturedSource) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(source.buffer))
+
+
+# -- writing (the reader) ---------------------------------------------------------------
+
+
+def copy_statement(source: CapturedSource) -> sql.Composed:
+    """``COPY`` into the buffer; rows are ``(xid, lsn, seq, action, *buffer_values(...))``."""
+    columns = [sql.Identifier(c) for c in value_columns(source)]
+    return sql.SQL("COPY {} (xid, lsn, seq, action, {}) FROM STDIN").format(
+        source.buffer, sql.SQL(", ").join(columns)
+    )
+
+
+def buffer_values(
+    action: BufferAction,
+    old: Sequence[Value] | None,
+    new: Sequence[Value] | None,
+    width: int,
+) -> tuple[Value, ...]:
+    """The value columns of one buffered change: old values, then new ones, NULL-padded."""
+    nothing: tuple[Value, ...] = (None,) * width
+    return (tuple(old) if old is not None and action is not BufferAction.INSERT else nothing) + (
+        tuple(new) if new is not None and action in _WITH_NEW else nothing
+    )
+
+
+_WITH_NEW = (BufferAction.INSERT, BufferAction.UPDATE)
+
+
+# -- reading (the refresh) --------------------------------------------------------------
+
+
+def visible_window(snapshot: str, frontier: str) -> sql.Composable:
+    """Buffer rows (alias ``b``) of transactions visible in ``snapshot`` and not in
+    ``frontier``: exactly the changes a refresh at ``snapshot`` must apply.
+
+    The bounds on ``xid`` only let the index narrow the scan; visibility decides.
+    """
+    s, f = sql.Literal(snapshot), sql.Literal(frontier)
+    return sql.SQL(
+        "b.xid >= pg_snapshot_xmin({f}::pg_snapshot)"
+        " AND b.xid < pg_snapshot_xmax({s}::pg_snapshot)"
+        " AND pg_visible_in_snapshot(b.xid, {s}::pg_snapshot)"
+        " AND NOT pg_visible_in_snapshot(b.xid, {f}::pg_snapshot)"
+    ).format(s=s, f=f)
+
+
+def truncated_query(source: CapturedSource, window: sql.Composable) -> sql.Composed:
+    """Whether a TRUNCATE of the source is among the rows in ``window``."""
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} b WHERE {} AND b.action = {})").format(
+        source.buffer, window, sql.Literal(BufferAction.TRUNCATE.value)
+    )
+
+
+def staging_query(
+    source: CapturedSource, window: sql.Composable, columns_read: Sequence[str] | None
+) -> sql.Composed:
+    """Buffer rows in ``window`` as weighted rows ``(w, c0..cN)``: an insert +1 new, a delete
+    -1 old, an update both; their order is that of ``create_staging_table``'s columns.
+
+    An UPDATE that changed no column in ``columns_read`` (None: all) is left out.
+    """
+    names = value_columns(source)
+    n = len(source.columns)
+    old, new = names[:n], names[n:]
+    values = sql.SQL("(-1, {}), (1, {})").format(
+        sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in old),
+        sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in new),
+    )
+    read = [i for i, c in enumerate(source.columns) if columns_read is None or c in columns_read]
+    changed = (
+        sql.SQL(" OR ").join(
+            sql.SQL("b.{} IS DISTINCT FROM b.{}").format(
+                sql.Identifier(old[i]), sql.Identifier(new[i])
+            )
+            for i in read
+        )
+        if read
+        else sql.SQL("false")
+    )
+    value_names = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
+    return sql.SQL(
+        "SELECT v.* FROM {buffer} b CROSS JOIN LATERAL (VALUES {values}) AS v(w, {names})"
+        " WHERE {window} AND CASE b.action WHEN {insert} THEN v.w = 1"
+        " WHEN {delete} THEN v.w = -1 ELSE ({changed}) END"
+    ).format(
+        buffer=source.buffer,
+        values=values,
+        names=value_names,
+        window=window,
+        insert=sql.Literal(BufferAction.INSERT.value),
+        delete=sql.Literal(BufferAction.DELETE.value),
+        changed=changed,
+    )
+
+
+def create_staging_table(conn: psycopg.Connection[Any], source: CapturedSource) -> None:
+    """The session's temp table for the source's staged delta, emptied at every commit.
+
+    Created once per session and reused: creating it per refresh doubles the refresh's cost
+    and bloats the catalog.
+    """
+    columns = [sql.SQL("{} integer").format(sql.Identifier(WEIGHT))] + [
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+        for c, t in zip(source.columns, source.column_types, strict=True)
+    ]
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+            sql.Identifier(source.staging_table), sql.SQL(", ").join(columns)
+        )
+    )
+
+
+def copy_into_staging(source: CapturedSource) -> sql.Composed:
+    return sql.SQL("COPY pg_temp.{} FROM STDIN (FORMAT binary)").format(
+        sql.Identifier(source.staging_table)
+    )
+
+
+def behind_query(source: CapturedSource, lsn: str, frontier: str) -> sql.Composed:
+    """Whether a change committed at or before ``lsn`` is not yet visible in ``frontier``.
+
+    A frontier LSN at or past ``lsn`` proves nothing: a transaction can end its commit record
+    before a refresh read its insert position and still be invisible in its snapshot. Only
+    the buffers can tell.
+    """
+    return sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM {} b WHERE b.lsn <= {}::pg_lsn"
+        " AND b.xid >= pg_snapshot_xmin({f}::pg_snapshot)"
+        " AND NOT pg_visible_in_snapshot(b.xid, {f}::pg_snapshot))"
+    ).format(source.buffer, sql.Literal(lsn), f=sql.Literal(frontier))
+
+
+# -- pruning ----------------------------------------------------------------------------
+
+
+def prune(conn: psycopg.Connection[Any]) -> int:
+    """Delete buffered changes that every stream table reading them has applied.
+
+    A transaction with an xid below the xmin of a frontier had finished when that frontier
+    was taken, and buffered transactions are committed ones, so it is visible in it.
+    """
+    removed = 0
+    sources = load_sources(conn)
+    rows = conn.execute(
+        "SELECT d.source_oid, min(pg_snapshot_xmin(st.frontier))::text,"
+        " bool_or(st.frontier IS NULL)"
+        " FROM pgtrickle.dependencies d JOIN pgtrickle.stream_tables st"
+        " ON st.id = d.stream_table_id GROUP BY d.source_oid"
+    ).fetchall()
+    for oid, horizon, any_missing in rows:
+        source = sources.get(int(oid))
+        if source is None or any_missing or horizon is None:
+            continue
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE xid < %s::xid8").format(source.buffer), (horizon,)
+        )
+        removed += max(cur.rowcount, 0)
+    return removed
