@@ -102,7 +102,7 @@ def bench_latency(cluster: LocalCluster, seconds: float, rate: float) -> dict[st
     }
 
 
-def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[str, float]]:
+def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[str, object]]:
     dsn = cluster.create_database("refresh")
     with psycopg.connect(dsn) as conn:
         conn.execute(
@@ -127,7 +127,7 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
             " FROM items GROUP BY grp\n    refresh_mode: differential\n"
         ),
     )
-    results = []
+    results: list[dict[str, object]] = []
     # a reader running beside the refreshes, as in the daemon
     reader = ChangeReader(dsn)
     reader_thread = threading.Thread(target=reader.run, daemon=True)

@@ -1,6 +1,6 @@
 import psycopg
 
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 
 
 def test_private_cluster_runs_with_logical_wal_level(db: Database) -> None:

@@ -347,11 +347,9 @@ def _confirm_drop(names: Sequence[str]) -> bool:
         f" {', '.join(names)}",
         file=sys.stderr,
     )
-    try:
-        answer = input("drop them? [y/N] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
+    # the question goes where the user looks (stdout may be a file or a pipe)
+    print("drop them? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

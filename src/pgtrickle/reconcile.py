@@ -593,25 +593,17 @@ def _create(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn: s
     stored = change.stored
     rows = create_storage(conn, target, stored, what=f'stream table "{change.name}"')
     index_storage(conn, target, stored, mode, what=f'stream table "{change.name}"')
+    state: list[tuple[str, object]] = [("schema_name", decl.schema), ("name", decl.name)]
+    state += _populated_state(change, stored, snapshot, lsn)
     row = conn.execute(
-        "INSERT INTO pgtrickle.stream_tables (schema_name, name, query, schedule,"
-        " refresh_mode, effective_refresh_mode, fallback_reason, plan, frontier,"
-        " frontier_lsn, status, last_refresh_at, data_timestamp)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::pg_snapshot, %s::pg_lsn,"
-        " %s, clock_timestamp(), now()) RETURNING id",
-        (
-            decl.schema,
-            decl.name,
-            decl.query,
-            decl.schedule,
-            decl.refresh_mode.value,
-            mode.value,
-            summary(change.fallback) or None,
-            stored.to_json(),
-            snapshot,
-            lsn,
-            StreamTableStatus.ACTIVE.value,
+        sql.SQL(
+            "INSERT INTO pgtrickle.stream_tables ({}, last_refresh_at, data_timestamp)"
+            " VALUES ({}, clock_timestamp(), now()) RETURNING id"
+        ).format(
+            sql.SQL(", ").join(sql.Identifier(column) for column, _ in state),
+            sql.SQL(", ").join(sql.Placeholder() for _ in state),
         ),
+        [value for _, value in state],
     ).fetchone()
     assert row is not None
     _record_dependencies(conn, row[0], change, lsn, rows)
@@ -650,27 +642,42 @@ def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn:
                 index=index,
                 error=exc.diag.message_primary,
             )
+    state = _populated_state(change, stored, snapshot, lsn)
     conn.execute(
-        "UPDATE pgtrickle.stream_tables SET query = %s, schedule = %s, refresh_mode = %s,"
-        " effective_refresh_mode = %s, fallback_reason = %s, plan = %s,"
-        " frontier = %s::pg_snapshot, frontier_lsn = %s::pg_lsn, status = %s,"
-        " last_error = NULL, consecutive_errors = 0, last_refresh_at = clock_timestamp(),"
-        " data_timestamp = now(), revision = revision + 1, updated_at = now() WHERE id = %s",
-        (
-            decl.query,
-            decl.schedule,
-            decl.refresh_mode.value,
-            mode.value,
-            summary(change.fallback) or None,
-            stored.to_json(),
-            snapshot,
-            lsn,
-            StreamTableStatus.ACTIVE.value,
-            st.id,
+        sql.SQL(
+            "UPDATE pgtrickle.stream_tables SET {}, last_error = NULL, consecutive_errors = 0,"
+            " last_refresh_at = clock_timestamp(), data_timestamp = now(),"
+            " revision = revision + 1, updated_at = now() WHERE id = {}"
+        ).format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder())
+                for column, _ in state
+            ),
+            sql.Placeholder(),
         ),
+        [*(value for _, value in state), st.id],
     )
     conn.execute("DELETE FROM pgtrickle.dependencies WHERE stream_table_id = %s", (st.id,))
     _record_dependencies(conn, st.id, change, lsn, rows)
+
+
+def _populated_state(
+    change: Change, stored: StoredPlan, snapshot: str, lsn: str
+) -> list[tuple[str, object]]:
+    """The catalog columns of a stream table just populated at ``snapshot`` (and ``lsn``)."""
+    decl, mode = change.decl, change.effective_mode
+    assert decl is not None and mode is not None
+    return [
+        ("query", decl.query),
+        ("schedule", decl.schedule),
+        ("refresh_mode", decl.refresh_mode.value),
+        ("effective_refresh_mode", mode.value),
+        ("fallback_reason", summary(change.fallback) or None),
+        ("plan", stored.to_json()),
+        ("frontier", snapshot),  # text, cast by the server to the column's pg_snapshot
+        ("frontier_lsn", lsn),
+        ("status", StreamTableStatus.ACTIVE.value),
+    ]
 
 
 def _record_dependencies(

@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 from walstream.capture import SLOT_NAME
 from walstream.dsn import connect
+from walstream.errors import MissingPrivilege
 from walstream.reader import ChangeReader, SchemaChange
 from walstream.replication import parse_lsn
+from walstream.server import server_facts
 
 
 class SlotPosition:
@@ -28,6 +30,7 @@ class SlotPosition:
         self.slot = slot
         self.on_schema_change = on_schema_change
         self.conn = connect(dsn, autocommit=True)
+        self._may_read: bool | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -54,6 +57,7 @@ class SlotPosition:
                 return False
             if not active:
                 # nobody reads the slot: read it here, just far enough
+                self._check_may_read()
                 reader = ChangeReader(
                     self.dsn, slot=self.slot, on_schema_change=self.on_schema_change
                 )
@@ -61,3 +65,14 @@ class SlotPosition:
                     return True
                 continue
             time.sleep(min(0.002, remaining))
+
+    def _check_may_read(self) -> None:
+        if self._may_read is None:
+            self._may_read = server_facts(self.conn).replication
+        if not self._may_read:
+            raise MissingPrivilege(
+                "no daemon is reading the changes, and this role may not read them itself",
+                detail="reading the replication slot needs a role with the REPLICATION"
+                " attribute, or a superuser",
+                hint="start `pgtrickle run`, or run this command as a role with REPLICATION",
+            )

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.dvm.harness import Maintained, create_tables, run_rounds
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 
 SEEDS = [1, 2]
 SOAK_SEEDS = list(range(100, 120))

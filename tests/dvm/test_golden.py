@@ -11,7 +11,7 @@ from psycopg import sql
 from dvm.compile import compile_query, delta_relation
 from tests.dvm.golden import STORAGE, compiled, load
 from tests.dvm.harness import catalog_of
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 
 DOCUMENT, CATALOG, CASES = load()
 

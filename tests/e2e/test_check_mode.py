@@ -17,8 +17,9 @@ from psycopg import sql
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import Writer, create_schema
 from pgtrickle.reconcile import apply
-from scheduler.refresh import Refresher, RefreshMismatch
-from tests.fixtures.plugin import Database
+from scheduler.errors import RefreshMismatch
+from scheduler.refresh import Refresher
+from tests.fixtures.cluster import Database
 from walstream.catalog import get_stream_table
 from walstream.reader import ChangeReader
 

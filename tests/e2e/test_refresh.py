@@ -13,7 +13,7 @@ from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
 from scheduler.refresh import RefreshAction, Refresher
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched
 from walstream.buffers import load_sources, prune
 from walstream.catalog import get_stream_table

@@ -10,7 +10,7 @@ from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
 from scheduler.progress import wait_caught_up
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched, running_daemon
 
 YAML = """

@@ -16,7 +16,7 @@ from pgtrickle.errors import DependentObjects, NameTaken, PruneRequired
 from pgtrickle.reconcile import ApplyPlan, ChangeKind, EffectKind, apply
 from scheduler.errors import QueryFailed
 from scheduler.refresh import Refresher
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched
 from walstream.catalog import get_stream_table
 from walstream.reader import ChangeReader

@@ -5,7 +5,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 from walstream.errors import CatalogTooNew
 from walstream.migrate import applied_versions, known_migrations, migrate
 

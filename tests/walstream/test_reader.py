@@ -8,7 +8,7 @@ import psycopg
 from psycopg import sql
 
 from dvm.catalog import Column, SourceTable
-from tests.fixtures.plugin import Database
+from tests.fixtures.cluster import Database
 from walstream.buffers import load_sources
 from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication
 from walstream.migrate import migrate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import struct
 import threading
 import time
@@ -14,8 +13,7 @@ import psycopg
 import pytest
 
 from pgtrickle.dev.cluster import temporary_cluster
-from tests.fixtures.plugin import Database
-from walstream import replication
+from tests.fixtures.cluster import Database
 from walstream.pgoutput import (
     Begin,
     Commit,
@@ -84,10 +82,6 @@ def test_lsn_text_round_trips() -> None:
 def test_malformed_lsn_text_is_rejected(text: str) -> None:
     with pytest.raises(ValueError, match="not an LSN"):
         parse_lsn(text)
-
-
-def test_module_examples_hold() -> None:
-    assert doctest.testmod(replication).failed == 0
 
 
 # against a server

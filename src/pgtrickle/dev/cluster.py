@@ -250,9 +250,14 @@ class LocalCluster:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def temporary_cluster(prefix: str = "pgtrickle-", bin_dir: Path | None = None) -> LocalCluster:
+def temporary_cluster(
+    prefix: str = "pgtrickle-",
+    bin_dir: Path | None = None,
+    settings: dict[str, str] | None = None,
+) -> LocalCluster:
+    """A cluster in a new directory of the cache; ``settings`` go to postgresql.auto.conf."""
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=_ensure_dir(_BIN_CACHE / "clusters")))
     os.chmod(base, 0o755)
-    if bin_dir is None:
-        return LocalCluster(base_dir=base)
-    return LocalCluster(base_dir=base, bin_dir=bin_dir)
+    return LocalCluster(
+        base_dir=base, bin_dir=bin_dir or find_pg_bin(), settings=dict(settings or {})
+    )

@@ -8,6 +8,7 @@ declarations file it wrote.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import psycopg
 
+from dvm.errors import PgTrickleError
 from pgtrickle import logs
 from pgtrickle.declarations import load_declarations
-from pgtrickle.dev.cluster import temporary_cluster
+from pgtrickle.dev.cluster import ClusterError, temporary_cluster
 from pgtrickle.dev.workload import Writer, create_schema
 from pgtrickle.reconcile import apply
 from pgtrickle.status import stream_table_states
@@ -49,11 +51,27 @@ stream_tables:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./run demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="./run demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     parser.add_argument("--rate", type=float, default=40.0, help="writer transactions/s")
     args = parser.parse_args(argv)
     logs.configure("warning")
+    try:
+        return _run(args)
+    except (ClusterError, PgTrickleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader of a pipe went away: stop quietly (and say nothing at exit either)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
 
     cluster = temporary_cluster(prefix="pgtrickle-demo-")
     workdir = Path(tempfile.mkdtemp(prefix="pgtrickle-demo-"))

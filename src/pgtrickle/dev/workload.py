@@ -79,32 +79,42 @@ class Writer:
     async_share: float = 0.3
     stats: WriterStats = field(default_factory=WriterStats)
 
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._next_id = 1_000_000 * (self.seed + 1)
+
     def run(self, stop: threading.Event) -> None:
-        rng = random.Random(self.seed)
-        next_id = 1_000_000 * (self.seed + 1)
         with psycopg.connect(self.dsn) as conn:
             while not stop.is_set():
                 started = time.monotonic()
-                try:
-                    if rng.random() < self.async_share:
-                        conn.execute("SET LOCAL synchronous_commit = off")
-                    for _ in range(rng.randint(1, 5)):
-                        next_id = self._statement(conn, rng, next_id)
-                    if rng.random() < 0.15:
-                        conn.execute("SAVEPOINT s")
-                        next_id = self._statement(conn, rng, next_id)
-                        conn.execute("ROLLBACK TO SAVEPOINT s")
-                    if rng.random() < self.rollback_share:
-                        conn.rollback()
-                        self.stats.rolled_back += 1
-                    else:
-                        conn.commit()
-                        self.stats.committed += 1
-                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
-                    conn.rollback()
-                    self.stats.errors += 1
+                self.transaction(conn)
                 if self.rate:
                     stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
+
+    def transaction(self, conn: psycopg.Connection[Any], *, commit: bool = True) -> None:
+        """One random transaction (sometimes rolled back, sometimes with a rolled-back
+        savepoint, sometimes committed asynchronously); ``commit`` False leaves it open."""
+        rng = self._rng
+        try:
+            if rng.random() < self.async_share:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            for _ in range(rng.randint(1, 5)):
+                self._next_id = self._statement(conn, rng, self._next_id)
+            if rng.random() < 0.15:
+                conn.execute("SAVEPOINT s")
+                self._next_id = self._statement(conn, rng, self._next_id)
+                conn.execute("ROLLBACK TO SAVEPOINT s")
+            if not commit:
+                return
+            if rng.random() < self.rollback_share:
+                conn.rollback()
+                self.stats.rolled_back += 1
+            else:
+                conn.commit()
+                self.stats.committed += 1
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+            conn.rollback()
+            self.stats.errors += 1
 
     def _statement(self, conn: psycopg.Connection[Any], rng: random.Random, next_id: int) -> int:
         choice = rng.random()
