@@ -75,7 +75,9 @@ class StoredPlan:
                 "differentiable": self.differentiable,
                 "reasons": [reason.to_json() for reason in self.reasons],
                 "explain": self.explain,
-            }
+            },
+            # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
+            sort_keys=True,
         )
 
     @classmethod

@@ -127,7 +127,9 @@ class Daemon:
                 now = time.monotonic()
                 try:
                     if conn is None or conn.closed:
-                        conn = connect(self.dsn, autocommit=True)
+                        conn = connect(
+                            self.dsn, autocommit=True, fallback_application_name="pgtrickle-daemon"
+                        )
                     if now >= next_reload:
                         self._reload(conn)
                         next_reload = now + self.options.reload_interval

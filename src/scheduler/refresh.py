@@ -109,9 +109,13 @@ class Refresher:
         self.dsn = dsn
         self.waiter = waiter
         self.check = check_mode_enabled() if check is None else check
-        self.conn: psycopg.Connection[Any] = connect(dsn, autocommit=True)
+        self.conn: psycopg.Connection[Any] = connect(
+            dsn, autocommit=True, fallback_application_name="pgtrickle-refresh"
+        )
         pin_storage_settings(self.conn)
-        self.staging: psycopg.Connection[Any] = connect(dsn, autocommit=True)
+        self.staging: psycopg.Connection[Any] = connect(
+            dsn, autocommit=True, fallback_application_name="pgtrickle-staging"
+        )
         self.staging.execute("SET synchronous_commit = on")
         self.segment_size = wal_segment_size(self.conn)
         self._temp_tables: set[int] = set()

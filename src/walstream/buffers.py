@@ -36,6 +36,7 @@ from psycopg import sql
 from dvm.catalog import SourceTable
 from dvm.scan import delta_relation
 from dvm.zset import WEIGHT
+from walstream.locks import APPLY_LOCK
 
 BUFFER_SCHEMA = "pgtrickle_changes"
 
@@ -182,7 +183,7 @@ def staging_query(
     """Buffer rows in ``window`` as weighted rows ``(w, c0..cN)``: an insert +1 new, a delete
     -1 old, an update both; their order is that of ``create_staging_table``'s columns.
 
-    An UPDATE that changed no column in ``columns_read`` (None: all) is left out.
+    An UPDATE that changed the text of no column in ``columns_read`` (None: all) is left out.
     """
     names = value_columns(source)
     n = len(source.columns)
@@ -192,9 +193,11 @@ def staging_query(
         sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in new),
     )
     read = [i for i, c in enumerate(source.columns) if columns_read is None or c in columns_read]
+    # compared as text: an update from 1.5 to 1.50 (equal numerics) changes what the stream
+    # table shows, and json, xml and point have no equality operator at all
     changed = (
         sql.SQL(" OR ").join(
-            sql.SQL("b.{} IS DISTINCT FROM b.{}").format(
+            sql.SQL("b.{}::text IS DISTINCT FROM b.{}::text").format(
                 sql.Identifier(old[i]), sql.Identifier(new[i])
             )
             for i in read
@@ -259,25 +262,33 @@ def behind_query(source: CapturedSource, lsn: str, frontier: str) -> sql.Compose
 
 
 def prune(conn: psycopg.Connection[Any]) -> int:
-    """Delete buffered changes that every stream table reading them has applied.
+    """Delete buffered changes that every stream table reading them has applied; the number.
 
     A transaction with an xid below the xmin of a frontier had finished when that frontier
     was taken, and buffered transactions are committed ones, so it is visible in it.
+
+    Not while an ``apply`` runs: it populates stream tables at a snapshot that may be older
+    than frontiers refreshes commit meanwhile, and only its commit makes that frontier count
+    here; changes committed between the two would be pruned before the new stream table
+    applied them.
     """
     removed = 0
-    sources = load_sources(conn)
-    rows = conn.execute(
-        "SELECT d.source_oid, min(pg_snapshot_xmin(st.frontier))::text,"
-        " bool_or(st.frontier IS NULL)"
-        " FROM pgtrickle.dependencies d JOIN pgtrickle.stream_tables st"
-        " ON st.id = d.stream_table_id GROUP BY d.source_oid"
-    ).fetchall()
-    for oid, horizon, any_missing in rows:
-        source = sources.get(int(oid))
-        if source is None or any_missing or horizon is None:
-            continue
-        cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE xid < %s::xid8").format(source.buffer), (horizon,)
-        )
-        removed += max(cur.rowcount, 0)
+    with conn.transaction():
+        if not APPLY_LOCK.try_lock_for_transaction(conn):
+            return 0
+        sources = load_sources(conn)
+        rows = conn.execute(
+            "SELECT d.source_oid, min(pg_snapshot_xmin(st.frontier))::text,"
+            " bool_or(st.frontier IS NULL)"
+            " FROM pgtrickle.dependencies d JOIN pgtrickle.stream_tables st"
+            " ON st.id = d.stream_table_id GROUP BY d.source_oid"
+        ).fetchall()
+        for oid, horizon, any_missing in rows:
+            source = sources.get(int(oid))
+            if source is None or any_missing or horizon is None:
+                continue
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE xid < %s::xid8").format(source.buffer), (horizon,)
+            )
+            removed += max(cur.rowcount, 0)
     return removed

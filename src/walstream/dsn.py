@@ -81,8 +81,13 @@ def describe(dsn: str) -> str:
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """``psycopg.connect`` whose failures are ``InvalidDsn`` or ``ConnectionFailed``."""
+    """``psycopg.connect`` whose failures are ``InvalidDsn`` or ``ConnectionFailed``.
+
+    Connections say who they are in ``pg_stat_activity`` (``fallback_application_name``,
+    which an ``application_name`` in the DSN overrides).
+    """
     parse_dsn(dsn)
+    kwargs.setdefault("fallback_application_name", "pgtrickle")
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.ProgrammingError as error:

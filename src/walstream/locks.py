@@ -26,7 +26,8 @@ class Purpose(IntEnum):
     REFRESH = 1
     """One refresh, populate or re-create of a stream table at a time (id: its catalog id)."""
     APPLY = 2
-    """One ``apply`` per database at a time (id 1): it plans against what it then changes."""
+    """One ``apply`` per database at a time (id 1): it plans against what it then changes,
+    and installs frontiers older than others; pruning waits for it (see ``buffers.prune``)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class AdvisoryLock:
 
     def lock_for_transaction(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.key_class, self.key_id))
+
+    def try_lock_for_transaction(self, conn: psycopg.Connection[Any]) -> bool:
+        """Take it until the transaction ends if it is free; False if someone holds it."""
+        row = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s)", (self.key_class, self.key_id)
+        ).fetchone()
+        return bool(row and row[0])
 
 
 MIGRATION_LOCK = AdvisoryLock(_PGTRICKLE + Purpose.MIGRATION, 1)

@@ -137,6 +137,7 @@ class ChangeReader:
         # per captured relation: for each buffer column, its position in pgoutput's tuples
         self._layouts: dict[int, Layout] = {}
         self._sources: dict[int, CapturedSource] = {}
+        self._streaming_since: float | None = None
 
     # -- position, for refreshes waiting on it ------------------------------------------
 
@@ -172,13 +173,16 @@ class ChangeReader:
         """Read until ``stop()``; reconnects with backoff when the server goes away."""
         backoff = 0.1
         while not self._stop.is_set():
+            self._streaming_since = None
             try:
                 self._run_once()
-                backoff = 0.1
             except (psycopg.OperationalError, ConnectionFailed, ReplicationError, OSError) as exc:
                 # the batch in progress was not committed, so the slot was not confirmed
                 # past it: the server sends it again after the reconnect
                 log.warning("reader connection lost; reconnecting", error=str(exc).strip())
+                if self._streaming_since is not None:
+                    # it streamed, so the server was fine: a blip, not an outage to back off from
+                    backoff = 0.1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -193,12 +197,13 @@ class ChangeReader:
             thread.join()
 
     def _run_once(self) -> None:
-        with connect(self.dsn) as writer:
+        with connect(self.dsn, fallback_application_name="pgtrickle-buffers") as writer:
             writer.execute("SET synchronous_commit = on")
             writer.commit()
             buffered = self._load_state(writer)
             self._advance(buffered)
             with ReplicationStream(self.dsn, self.slot, self.publication) as stream:
+                self._streaming_since = time.monotonic()
                 self._stream(stream, writer, buffered)
 
     def _load_state(self, writer: psycopg.Connection[Any]) -> int:

@@ -185,7 +185,11 @@ class ReplicationStream:
         try:
             # pgoutput sends text in the connection's client encoding; the decoder reads UTF-8.
             conn = psycopg.connect(
-                self.dsn, replication="database", autocommit=True, client_encoding="UTF8"
+                self.dsn,
+                replication="database",
+                autocommit=True,
+                client_encoding="UTF8",
+                fallback_application_name="pgtrickle-reader",
             )
         except psycopg.OperationalError as error:
             raise ReplicationError(

@@ -17,6 +17,7 @@ from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched
 from walstream.buffers import load_sources, prune
 from walstream.catalog import get_stream_table
+from walstream.locks import APPLY_LOCK
 from walstream.reader import ChangeReader
 from walstream.replication import parse_lsn
 
@@ -98,3 +99,20 @@ def test_applied_changes_are_pruned_and_pending_ones_kept(
         prune(conn)
     assert buffered_rows(db.dsn) == 0
     assert mismatched(db.dsn) == {}
+
+
+def test_nothing_is_pruned_while_an_apply_may_be_installing_an_older_frontier(
+    refresher: Refresher, db: Database
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+    refresh(refresher)
+    with psycopg.connect(db.dsn, autocommit=True) as apply_session:
+        APPLY_LOCK.lock(apply_session)
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            assert prune(conn) == 0
+        assert buffered_rows(db.dsn) == 10
+        APPLY_LOCK.unlock(apply_session)
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        assert prune(conn) == 10
+    assert buffered_rows(db.dsn) == 0

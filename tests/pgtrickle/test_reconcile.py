@@ -27,7 +27,10 @@ def decls(body: str) -> str:
 
 
 def one(name: str, query: str, mode: str = "auto", schedule: str = "1m") -> str:
-    return f"  - name: {name}\n    query: {query}\n    schedule: {schedule}\n    refresh_mode: {mode}\n"
+    return (
+        f"  - name: {name}\n    query: {query}\n    schedule: {schedule}\n"
+        f"    refresh_mode: {mode}\n"
+    )
 
 
 def apply_text(dsn: str, text: str, *, dry_run: bool = False, prune: bool = False) -> ApplyPlan:
@@ -94,6 +97,28 @@ def test_schedule_change_alters_query_change_recreates_missing_drops_with_prune(
     plan = apply_text(shop.dsn, one("a", "SELECT id, status FROM orders", schedule="9s"))
     assert [c.kind for c in plan.changes] == [ChangeKind.ALTER]
     assert mismatched(shop.dsn) == {}
+
+
+def test_applying_the_same_declarations_again_changes_nothing(shop: Database) -> None:
+    text = (
+        one(
+            "joined", "SELECT o.id, c.region FROM orders o JOIN customers c ON c.id = o.customer_id"
+        )
+        + one(
+            "totals", "SELECT status, count(*) AS n, sum(amount) AS s FROM orders GROUP BY status"
+        )
+        + one("statuses", "SELECT DISTINCT status FROM orders")
+    )
+    apply_text(shop.dsn, text)
+    revisions = scalar(
+        shop.dsn, "SELECT array_agg(revision ORDER BY id) FROM pgtrickle.stream_tables"
+    )
+    plan = apply_text(shop.dsn, text)
+    assert [c.kind for c in plan.changes] == [ChangeKind.UNCHANGED] * 3
+    assert plan.side_effects == ()
+    assert scalar(
+        shop.dsn, "SELECT array_agg(revision ORDER BY id) FROM pgtrickle.stream_tables"
+    ) == (revisions)
 
 
 def test_a_query_that_only_differs_in_comments_and_spacing_is_not_recreated(shop: Database) -> None:

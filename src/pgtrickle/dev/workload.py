@@ -77,11 +77,15 @@ class Writer:
     rate: float | None = None  # transactions per second; None: as fast as possible
     rollback_share: float = 0.1
     async_share: float = 0.3
+    id_block: int | None = None
+    """Which million of order ids this writer inserts (default: its seed's); writers that
+    run together need blocks of their own."""
     stats: WriterStats = field(default_factory=WriterStats)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
-        self._next_id = 1_000_000 * (self.seed + 1)
+        block = self.seed if self.id_block is None else self.id_block
+        self._next_id = 1_000_000 * (block + 1)
 
     def run(self, stop: threading.Event) -> None:
         with psycopg.connect(self.dsn) as conn:
