@@ -43,7 +43,7 @@ from dvm.stored import StoredPlan, stored_plan
 from pgtrickle import relations
 from pgtrickle.declarations import Declarations, StreamTableDecl
 from pgtrickle.errors import DependentObjects, InvalidDeclaration, NameTaken, PruneRequired
-from scheduler.populate import create_storage, index_storage
+from scheduler.populate import create_storage, index_storage, lock_before_snapshot
 from walstream.buffers import BUFFER_SCHEMA, load_sources
 from walstream.capture import (
     PUBLICATION_NAME,
@@ -524,6 +524,8 @@ def _swap(conn: psycopg.Connection[Any], plan: ApplyPlan) -> None:
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
+            read = {t.oid: t for c in plan.builds if c.plan is not None for t in c.plan.sources}
+            lock_before_snapshot(conn, [_qualified(t.schema, t.name) for t in read.values()])
             row = conn.execute(
                 "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text"
             ).fetchone()

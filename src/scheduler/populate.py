@@ -7,6 +7,7 @@ the ``REPEATABLE READ`` transaction whose snapshot S becomes the frontier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -17,6 +18,25 @@ from dvm.stored import StoredPlan
 from dvm.zset import ROW_ID
 from scheduler.errors import QueryFailed
 from scheduler.sessions import pin_storage_settings
+
+
+def lock_before_snapshot(conn: psycopg.Connection[Any], tables: Sequence[sql.Composable]) -> None:
+    """``LOCK TABLE ... IN ACCESS SHARE MODE``, as the first statement of a transaction that
+    reads ``tables`` at its snapshot: a TRUNCATE (not MVCC-safe: a snapshot taken before it
+    sees the table empty once it committed) then either committed before the snapshot or
+    waits for the transaction to end."""
+    if not tables:
+        return
+    try:
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(", ").join(tables))
+        )
+    except psycopg.errors.UndefinedTable as error:
+        raise QueryFailed(
+            f"a table the query reads no longer exists: {error.diag.message_primary}",
+            detail="it was dropped or renamed since the stream table was declared",
+            hint="declare the stream table over tables that exist, then run `pgtrickle apply`",
+        ) from error
 
 
 def create_storage(

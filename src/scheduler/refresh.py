@@ -2,9 +2,11 @@
 
 1. A session advisory lock keeps a second refresh of the same stream table out; it is taken
    before the transaction, so before the snapshot.
-2. ``REPEATABLE READ``; the first statement reads the snapshot S, the WAL insert position L
-   and the stream table's catalog row (its frontier, and its revision: a declaration changed
-   since the caller read it is reloaded here, at S).
+2. ``REPEATABLE READ``. Its first statement locks the sources (ACCESS SHARE, before the
+   snapshot: TRUNCATE is not MVCC-safe, and a snapshot taken before a TRUNCATE that commits
+   before the tables are read sees them empty), then the next one reads the snapshot S, the
+   WAL insert position L and the stream table's catalog row (its frontier, and its revision:
+   a declaration changed since the caller read it is reloaded here, at S).
 3. Wait until the reader has buffered everything decoded through L (nudging the walsender with
    a transactional logical message when it lags).
 4. Stage, from a second autocommit connection, the buffered changes of transactions visible in
@@ -26,7 +28,7 @@ from psycopg import sql
 from dvm.plan import ApplyStrategy, RefreshMode
 from scheduler.errors import ReaderBehind, RefreshMismatch, UpstreamSchemaChanged
 from scheduler.history import RefreshAction, RefreshResult, record_refresh
-from scheduler.populate import query_failed, recompute
+from scheduler.populate import lock_before_snapshot, query_failed, recompute
 from scheduler.sessions import pin_storage_settings
 from walstream.buffers import (
     CapturedSource,
@@ -139,6 +141,13 @@ class Refresher:
         it is suspended, ``QueryFailed`` when its query or delta fails on the server; the
         ``TRANSIENT_ERRORS`` of psycopg propagate as they are, for the caller to retry.
         """
+        try:
+            return self._refresh(st, full)
+        except _ReadsOtherSources as changed:
+            # its new declaration reads sources this transaction had not locked: again
+            return self._refresh(changed.stream_table, full)
+
+    def _refresh(self, st: StreamTable, full: bool) -> RefreshResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         sources = load_sources(self.conn)
@@ -150,6 +159,8 @@ class Refresher:
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with self.conn.transaction():
                 t0 = time.perf_counter()
+                locked = [sources[oid] for oid in st.source_oids if oid in sources]
+                lock_before_snapshot(self.conn, [source.qualified_name for source in locked])
                 row = self.conn.execute(
                     "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text,"
                     " frontier::text, revision, status FROM pgtrickle.stream_tables"
@@ -165,8 +176,9 @@ class Refresher:
                 if revision != st.revision or status != st.status.value:
                     reloaded = find_stream_table(self.conn, st.id)
                     assert reloaded is not None  # the row was just read in this snapshot
+                    if not set(reloaded.source_oids) <= {source.oid for source in locked}:
+                        raise _ReadsOtherSources(reloaded)
                     st = reloaded
-                    sources = load_sources(self.conn)
                 if st.status is StreamTableStatus.SUSPENDED:
                     raise UpstreamSchemaChanged(
                         f'stream table "{st.display_name}" is suspended',
@@ -315,6 +327,12 @@ class Refresher:
             " consecutive_errors = 0 WHERE id = %s",
             (snapshot, format_lsn(result.frontier_lsn), StreamTableStatus.ACTIVE.value, st.id),
         )
+
+
+class _ReadsOtherSources(Exception):
+    def __init__(self, stream_table: StreamTable) -> None:
+        super().__init__(stream_table.display_name)
+        self.stream_table = stream_table
 
 
 def differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, int]:

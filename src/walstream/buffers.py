@@ -55,6 +55,8 @@ class BufferAction(StrEnum):
 class CapturedSource:
     """A row of ``pgtrickle.sources``: a captured table and the layout of its buffer."""
 
+    # ``schema`` and ``name`` are the table's current ones (see ``load_sources``)
+
     oid: int
     schema: str
     name: str
@@ -93,9 +95,12 @@ def value_columns(source: CapturedSource) -> list[str]:
 
 
 def load_sources(conn: psycopg.Connection[Any]) -> dict[int, CapturedSource]:
+    """Every captured source, under the name it has now (a table may be renamed)."""
     rows = conn.execute(
-        "SELECT source_oid, schema_name, name, buffer_table, columns, column_types"
-        " FROM pgtrickle.sources"
+        "SELECT s.source_oid, coalesce(n.nspname, s.schema_name), coalesce(c.relname, s.name),"
+        " s.buffer_table, s.columns, s.column_types FROM pgtrickle.sources s"
+        " LEFT JOIN pg_class c ON c.oid = s.source_oid"
+        " LEFT JOIN pg_namespace n ON n.oid = c.relnamespace"
     ).fetchall()
     return {
         int(r[0]): CapturedSource(int(r[0]), r[1], r[2], r[3], tuple(r[4]), tuple(r[5]))

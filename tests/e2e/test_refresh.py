@@ -116,3 +116,34 @@ def test_nothing_is_pruned_while_an_apply_may_be_installing_an_older_frontier(
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         assert prune(conn) == 10
     assert buffered_rows(db.dsn) == 0
+
+
+class TruncatesWhileRefreshing(Refresher):
+    """Starts a TRUNCATE of the source once the refresh has its snapshot, and gives it time."""
+
+    truncates: list[threading.Thread] = []
+
+    def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
+        def truncate() -> None:
+            with psycopg.connect(self.dsn) as conn:
+                conn.execute("TRUNCATE orders")
+                conn.execute("INSERT INTO orders VALUES (1, 1, 10, 'paid')")
+
+        thread = threading.Thread(target=truncate)
+        thread.start()
+        self.truncates.append(thread)
+        thread.join(timeout=0.5)  # without the refresh's lock it commits now
+        return super().staging_window(snapshot, frontier)
+
+
+def test_a_truncate_racing_a_refresh_waits_for_it_instead_of_emptying_its_snapshot(
+    db: Database, refresher: Refresher
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+    with TruncatesWhileRefreshing(db.dsn, refresher.waiter, check=True) as racing:
+        racing.refresh(get_stream_table(racing.staging, "paid"))
+        for thread in racing.truncates:
+            thread.join()
+        assert refresh(refresher) == RefreshAction.FULL
+    assert mismatched(db.dsn) == {}
