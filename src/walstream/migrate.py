@@ -62,7 +62,13 @@ def known_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
-    exists = conn.execute("SELECT to_regclass('pgtrickle.schema_migrations') IS NOT NULL")
+    # pg_class read with the statement's snapshot, not to_regclass(): a name looked up
+    # earlier in the same transaction stays cached as missing until a lock is taken on it,
+    # so a catalog another session created meanwhile would look absent
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'pgtrickle' AND c.relname = 'schema_migrations')"
+    )
     row = exists.fetchone()
     if not row or not row[0]:
         return []

@@ -7,7 +7,7 @@ import pytest
 
 from tests.fixtures.cluster import Database
 from walstream.errors import CatalogTooNew
-from walstream.migrate import applied_versions, known_migrations, migrate
+from walstream.migrate import apply_pending, applied_versions, known_migrations, migrate
 
 
 def test_migrations_apply_once_in_order_and_are_recorded(db: Database) -> None:
@@ -39,3 +39,13 @@ def test_a_failing_migration_leaves_nothing_behind(db: Database, tmp_path: Path)
     with psycopg.connect(db.dsn) as conn:
         assert applied_versions(conn) == [1]
         assert conn.execute("SELECT to_regclass('pgtrickle.b')").fetchone() == (None,)
+
+
+def test_a_catalog_created_meanwhile_by_another_session_is_seen_in_the_same_transaction(
+    db: Database,
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        assert applied_versions(conn) == []  # inside a transaction, before the other commits
+        migrate(db.dsn)
+        assert applied_versions(conn) == [m.version for m in known_migrations()]
+        assert apply_pending(conn) == []
