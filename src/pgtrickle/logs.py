@@ -21,6 +21,12 @@ def _redact_event(
     return event
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # sys.stderr as it is when the message is written, not when logging was configured:
+    # whoever replaced it since (a test's capture, a daemon's redirection) gets the message
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(level: str = "info", *, json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -36,6 +42,6 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -336,15 +336,22 @@ class _ReadsOtherSources(Exception):
 
 
 def differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, int]:
-    """(rows only in the stream table, rows only in its query), compared as multisets."""
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in st.plan.user_columns)
+    """(rows only in the stream table, rows only in its query), compared as multisets.
+
+    Values are compared as text: stricter than equality (1.5 and 1.50 differ, as they do on
+    the screen), and it works for json, xml and point, which have no equality operator.
+    """
+    names = st.plan.user_columns
+    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names)
     query = sql.SQL(st.plan.query)  # the compiler's normalized text
+    outputs = sql.SQL(", ").join(sql.Identifier(c) for c in names)
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT count(*) FROM (SELECT {cols} FROM {st} EXCEPT ALL"
-            " SELECT * FROM ({q}) q) a), (SELECT count(*) FROM (SELECT * FROM ({q}) q"
-            " EXCEPT ALL SELECT {cols} FROM {st}) b)"
-        ).format(cols=columns, st=st.qualified_name, q=query)
+            "SELECT (SELECT count(*) FROM (SELECT {t} FROM {st} EXCEPT ALL"
+            " SELECT {t} FROM ({q}) AS q({o})) a),"
+            " (SELECT count(*) FROM (SELECT {t} FROM ({q}) AS q({o}) EXCEPT ALL"
+            " SELECT {t} FROM {st}) b)"
+        ).format(t=as_text, st=st.qualified_name, q=query, o=outputs)
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

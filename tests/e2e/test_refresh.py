@@ -12,7 +12,7 @@ from psycopg import sql
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
-from scheduler.refresh import RefreshAction, Refresher
+from scheduler.refresh import PositionWaiter, RefreshAction, Refresher
 from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched
 from walstream.buffers import load_sources, prune
@@ -121,7 +121,9 @@ def test_nothing_is_pruned_while_an_apply_may_be_installing_an_older_frontier(
 class TruncatesWhileRefreshing(Refresher):
     """Starts a TRUNCATE of the source once the refresh has its snapshot, and gives it time."""
 
-    truncates: list[threading.Thread] = []
+    def __init__(self, dsn: str, waiter: PositionWaiter, *, check: bool) -> None:
+        super().__init__(dsn, waiter, check=check)
+        self.truncates: list[threading.Thread] = []
 
     def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
         def truncate() -> None:
@@ -141,9 +143,12 @@ def test_a_truncate_racing_a_refresh_waits_for_it_instead_of_emptying_its_snapsh
 ) -> None:
     with psycopg.connect(db.dsn) as conn:
         conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
-    with TruncatesWhileRefreshing(db.dsn, refresher.waiter, check=True) as racing:
+    racing = TruncatesWhileRefreshing(db.dsn, refresher.waiter, check=True)
+    try:
         racing.refresh(get_stream_table(racing.staging, "paid"))
         for thread in racing.truncates:
             thread.join()
-        assert refresh(refresher) == RefreshAction.FULL
+    finally:
+        racing.close()
+    assert refresh(refresher) == RefreshAction.FULL
     assert mismatched(db.dsn) == {}

@@ -7,7 +7,7 @@ import pytest
 
 from tests.fixtures.cluster import Database
 from walstream.errors import CatalogTooNew
-from walstream.migrate import apply_pending, applied_versions, known_migrations, migrate
+from walstream.migrate import applied_versions, apply_pending, known_migrations, migrate
 
 
 def test_migrations_apply_once_in_order_and_are_recorded(db: Database) -> None:
