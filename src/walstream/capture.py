@@ -10,6 +10,7 @@ had finished: older transactions were not published, and must be visible in that
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -40,7 +41,10 @@ def publication_exists(conn: psycopg.Connection[Any]) -> bool:
 
 
 def ensure_publication(conn: psycopg.Connection[Any]) -> None:
-    if not publication_exists(conn):
+    if publication_exists(conn):
+        return
+    # the daemon and an apply may both create it at once: the second one finds it there
+    with contextlib.suppress(psycopg.errors.DuplicateObject), conn.transaction():
         conn.execute(
             sql.SQL(
                 "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')"

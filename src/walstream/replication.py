@@ -379,8 +379,18 @@ def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
         (slot,),
     ).fetchone()
     if row is None:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-        return
+        try:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            return
+        except psycopg.errors.DuplicateObject:
+            # created meanwhile by another process (the daemon and an apply at once)
+            row = conn.execute(
+                "SELECT slot_type, plugin, database = current_database()"
+                " FROM pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            ).fetchone()
+            if row is None:
+                raise
     slot_type, plugin, same_database = row
     if slot_type != "logical" or plugin != "pgoutput" or not same_database:
         raise ReplicationError(
