@@ -43,6 +43,7 @@ from dvm.stored import StoredPlan, stored_plan
 from pgtrickle import relations
 from pgtrickle.declarations import Declarations, StreamTableDecl
 from pgtrickle.errors import DependentObjects, InvalidDeclaration, NameTaken, PruneRequired
+from scheduler.history import record_populated
 from scheduler.populate import create_storage, index_storage, lock_before_snapshot
 from walstream.buffers import BUFFER_SCHEMA, load_sources
 from walstream.capture import (
@@ -692,12 +693,7 @@ def _record_dependencies(
             " VALUES (%s, %s, %s)",
             (st_id, source.oid, list(change.plan.columns_read.get(source.oid, ()))),
         )
-    conn.execute(
-        "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
-        " finished_at, frontier_lsn, rows_changed)"
-        " VALUES (%s, 'initialize', 'ok', now(), clock_timestamp(), %s::pg_lsn, %s)",
-        (st_id, lsn, rows),
-    )
+    record_populated(conn, st_id, lsn, rows)
 
 
 def _release_unread(conn: psycopg.Connection[Any]) -> None:

@@ -15,6 +15,11 @@ from walstream.replication import format_lsn
 HISTORY_KEPT_PER_STREAM_TABLE = 1000
 
 
+class Outcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
 class RefreshAction(StrEnum):
     FULL = "full"
     DIFFERENTIAL = "differential"
@@ -40,12 +45,13 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
     conn.execute(
         "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
         " finished_at, frontier_lsn, delta_rows, rows_changed, snapshot_ms, wait_ms,"
-        " stage_ms, apply_ms, commit_ms, total_ms) VALUES (%s, %s, 'ok',"
+        " stage_ms, apply_ms, commit_ms, total_ms) VALUES (%s, %s, %s,"
         " clock_timestamp() - make_interval(secs => %s / 1000.0), clock_timestamp(),"
         " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             st_id,
             result.action.value,
+            Outcome.OK.value,
             t.get("total_ms", 0.0),
             format_lsn(result.frontier_lsn),
             result.delta_rows,
@@ -57,6 +63,16 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
             t.get("commit_ms"),
             t.get("total_ms"),
         ),
+    )
+
+
+def record_populated(conn: psycopg.Connection[Any], st_id: int, lsn: str, rows: int) -> None:
+    """The row of a stream table populated (created or re-created) at WAL position ``lsn``."""
+    conn.execute(
+        "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
+        " finished_at, frontier_lsn, rows_changed)"
+        " VALUES (%s, %s, %s, now(), clock_timestamp(), %s::pg_lsn, %s)",
+        (st_id, RefreshAction.INITIALIZE.value, Outcome.OK.value, lsn, rows),
     )
 
 
@@ -72,9 +88,9 @@ def record_failure(dsn: str, st: StreamTable, error: BaseException) -> None:
         )
         conn.execute(
             "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
-            " finished_at, error) SELECT id, %s, 'error', now(), now(), %s"
+            " finished_at, error) SELECT id, %s, %s, now(), now(), %s"
             " FROM pgtrickle.stream_tables WHERE id = %s",
-            (st.effective_refresh_mode.value, message, st.id),
+            (st.effective_refresh_mode.value, Outcome.ERROR.value, message, st.id),
         )
 
 
@@ -84,6 +100,6 @@ def prune_history(conn: psycopg.Connection[Any]) -> None:
         "DELETE FROM pgtrickle.refresh_history h USING (SELECT id, row_number() OVER"
         " (PARTITION BY stream_table_id ORDER BY id DESC) AS n FROM pgtrickle.refresh_history) o"
         " WHERE h.id = o.id AND o.n > %s"
-        " AND NOT (h.status = 'error' AND h.finished_at > now() - interval '1 day')",
-        (HISTORY_KEPT_PER_STREAM_TABLE,),
+        " AND NOT (h.status = %s AND h.finished_at > now() - interval '1 day')",
+        (HISTORY_KEPT_PER_STREAM_TABLE, Outcome.ERROR.value),
     )
