@@ -40,7 +40,7 @@ from pydantic.dataclasses import dataclass
 from dvm.plan import RefreshMode
 from pgtrickle.errors import InvalidDeclaration
 from scheduler.errors import InvalidSchedule
-from scheduler.schedule import Schedule, parse_schedule
+from scheduler.schedule import parse_schedule
 
 __all__ = [
     "DEFAULT_REFRESH_MODE",
@@ -96,10 +96,6 @@ class StreamTableDecl:
     @property
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}"
-
-    @property
-    def parsed_schedule(self) -> Schedule:
-        return parse_schedule(self.schedule)
 
 
 @dataclass(frozen=True, config=_MODEL_CONFIG)

@@ -180,11 +180,18 @@ class ChangeReader:
                 # the batch in progress was not committed, so the slot was not confirmed
                 # past it: the server sends it again after the reconnect
                 log.warning("reader connection lost; reconnecting", error=str(exc).strip())
-                if self._streaming_since is not None:
-                    # it streamed, so the server was fine: a blip, not an outage to back off from
-                    backoff = 0.1
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                # A statement failed (a buffer dropped under it when its source was released,
+                # say): the same holds, and the new session reloads the sources. A reader that
+                # stopped instead would leave every refresh waiting for it.
+                log.error("reader failed; restarting", error=str(exc).strip(), exc_info=True)
+            else:
+                continue
+            if self._streaming_since is not None:
+                # it streamed, so the server was fine: a blip, not an outage to back off from
+                backoff = 0.1
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def run_until(self, lsn: int, timeout: float) -> bool:
         """Buffer everything up to ``lsn`` and return (a refresh with no daemon running)."""
@@ -197,6 +204,8 @@ class ChangeReader:
             thread.join()
 
     def _run_once(self) -> None:
+        # a new session sends every relation's description again before its first change
+        self._layouts.clear()
         with connect(self.dsn, fallback_application_name="pgtrickle-buffers") as writer:
             writer.execute("SET synchronous_commit = on")
             writer.commit()
@@ -344,7 +353,10 @@ class ChangeReader:
             for oid in txn.rows:
                 per_source.setdefault(oid, []).append((xid8, end_lsn, txn))
         for oid, entries in per_source.items():
-            with writer.cursor().copy(copy_statement(self._sources[oid])) as copy:
+            source = self._sources.get(oid)
+            if source is None:
+                continue  # released since this session began: its changes are nobody's
+            with writer.cursor().copy(copy_statement(source)) as copy:
                 for xid8, end_lsn, txn in entries:
                     lsn_text = format_lsn(end_lsn)
                     for seq, action, values in txn.rows[oid]:

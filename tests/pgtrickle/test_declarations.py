@@ -15,7 +15,6 @@ from pgtrickle.declarations import (
     parse_declarations,
 )
 from pgtrickle.errors import InvalidDeclaration
-from scheduler.schedule import ScheduleKind
 
 FILE = "pgtrickle.yaml"
 
@@ -96,16 +95,6 @@ def test_dsn_is_optional() -> None:
 
 def test_an_empty_list_declares_no_stream_tables() -> None:
     assert parse("stream_tables: []\n").stream_tables == ()
-
-
-def test_the_parsed_schedule_is_at_hand() -> None:
-    (decl,) = parse(
-        """\
-        stream_tables:
-          - {name: t, query: SELECT 1, schedule: calculated}
-        """
-    ).stream_tables
-    assert decl.parsed_schedule.kind is ScheduleKind.CALCULATED
 
 
 def test_every_refresh_mode_is_accepted() -> None:

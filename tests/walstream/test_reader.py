@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import psycopg
@@ -9,8 +10,14 @@ from psycopg import sql
 
 from dvm.catalog import Column, SourceTable
 from tests.fixtures.cluster import Database
+from tests.fixtures.proxy import ConnectionKind, FaultProxy
 from walstream.buffers import load_sources
-from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication
+from walstream.capture import (
+    SLOT_NAME,
+    capture_source,
+    ensure_slot_and_publication,
+    release_source,
+)
 from walstream.migrate import migrate
 from walstream.reader import ChangeReader, widen_xid
 from walstream.replication import parse_lsn
@@ -113,3 +120,43 @@ def test_xids_widen_across_an_epoch_boundary() -> None:
     assert widen_xid(10, 3 * epoch + 20) == 3 * epoch + 10
     assert widen_xid(epoch - 5, 3 * epoch + 20) == 2 * epoch + epoch - 5
     assert widen_xid(20, 3 * epoch + 20) == 2 * epoch + 20
+
+
+def test_a_buffer_dropped_under_the_reader_does_not_stop_it(
+    db: Database, fault_proxy: FaultProxy
+) -> None:
+    """Its source was released while its changes were on their way: they are nobody's, and
+    the reader goes on with the other sources."""
+    oid = setup_source(db.dsn)
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE u (id int PRIMARY KEY)")
+        u_oid = capture(conn, "u", (Column("id", "integer"),))
+    reader = ChangeReader(fault_proxy.dsn(db.dsn))
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            assert reader.wait_for(insert_lsn(conn), 30)
+            with fault_proxy.stalled(ConnectionKind.REPLICATION):
+                conn.execute("INSERT INTO t VALUES (1, 'gone', NULL)")
+                with conn.transaction():
+                    release_source(conn, load_sources(conn)[oid])
+            conn.execute("INSERT INTO u VALUES (7)")
+            conn.execute("SELECT pg_logical_emit_message(true, 'test', '')")
+            assert reader.wait_for(insert_lsn(conn), 30)
+        assert thread.is_alive()
+        with psycopg.connect(db.dsn) as conn:
+            u = load_sources(conn)[u_oid]
+            rows = conn.execute(sql.SQL("SELECT n1 FROM {}").format(u.buffer)).fetchall()
+        assert rows == [(7,)]
+    finally:
+        reader.stop()
+        thread.join()
+
+
+def capture(conn: psycopg.Connection[Any], name: str, columns: tuple[Column, ...]) -> int:
+    row = conn.execute("SELECT %s::regclass::oid", (name,)).fetchone()
+    assert row is not None
+    with conn.transaction():
+        capture_source(conn, SourceTable(int(row[0]), "public", name, columns, ("id",)))
+    return int(row[0])

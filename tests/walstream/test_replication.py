@@ -248,6 +248,7 @@ def test_writes_outside_the_publication_only_advance_keepalives(source: Source) 
     assert all(isinstance(frame, Keepalive) for frame in frames)
 
 
+@pytest.mark.timing
 @pytest.mark.pg15
 def test_read_times_out_with_none_while_other_threads_run(source: Source) -> None:
     counted = 0
