@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
+from scheduler.errors import UpstreamSchemaChanged
 from scheduler.progress import wait_caught_up
 from tests.fixtures.cluster import Database
 from tests.fixtures.streams import mismatched, running_daemon
@@ -52,7 +54,11 @@ def test_an_added_column_changes_nothing_and_a_dropped_one_suspends(db: Database
             time.sleep(0.05)
         status, error = status_of(db.dsn, "paid")
         assert status == "suspended"
-        assert error is not None and "amount" in error
+        assert error is not None and "column amount no longer exists" in error
+        assert "HINT: " in error
+        with pytest.raises(UpstreamSchemaChanged) as caught:
+            wait_caught_up(db.dsn, timeout=30)
+        assert "paid" in caught.value.message
         # the service stays up: the other stream table keeps up
         deadline = time.monotonic() + 30
         with psycopg.connect(db.dsn, autocommit=True) as conn:
