@@ -20,6 +20,7 @@ import psycopg
 import structlog
 
 from scheduler.dag import refresh_order
+from scheduler.errors import UpstreamSchemaChanged
 from scheduler.history import prune_history, record_failure
 from scheduler.refresh import TRANSIENT_ERRORS, Refresher
 from scheduler.schedule import Schedule, parse_schedule
@@ -218,6 +219,10 @@ class Daemon:
                 )
             except NotFound:
                 pass  # dropped since the last reload: the next one forgets it
+            except UpstreamSchemaChanged:
+                # suspended since the last reload: not a failure, nothing to retry
+                with self._lock:
+                    state.st = replace(state.st, status=StreamTableStatus.SUSPENDED)
             except Exception as exc:
                 transient = isinstance(exc, TRANSIENT)
                 if isinstance(exc, psycopg.OperationalError | ConnectionFailed) and refresher:

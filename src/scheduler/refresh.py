@@ -120,7 +120,8 @@ class Refresher:
         )
         self.staging.execute("SET synchronous_commit = on")
         self.segment_size = wal_segment_size(self.conn)
-        self._temp_tables: set[int] = set()
+        # the columns of each source's temp table: a source captured again may have others
+        self._temp_tables: dict[int, tuple[str, ...]] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -142,10 +143,15 @@ class Refresher:
         ``TRANSIENT_ERRORS`` of psycopg propagate as they are, for the caller to retry.
         """
         try:
-            return self._refresh(st, full)
-        except _ReadsOtherSources as changed:
-            # its new declaration reads sources this transaction had not locked: again
-            return self._refresh(changed.stream_table, full)
+            try:
+                return self._refresh(st, full)
+            except _ReadsOtherSources as changed:
+                # its new declaration reads sources this transaction had not locked: again
+                return self._refresh(changed.stream_table, full)
+        except TRANSIENT_ERRORS:
+            raise
+        except psycopg.Error as error:
+            raise query_failed(_what(st), error) from error
 
     def _refresh(self, st: StreamTable, full: bool) -> RefreshResult:
         timings: dict[str, float] = {}
@@ -182,8 +188,8 @@ class Refresher:
                 if st.status is StreamTableStatus.SUSPENDED:
                     raise UpstreamSchemaChanged(
                         f'stream table "{st.display_name}" is suspended',
-                        detail=st.last_error,
-                        hint="change its query or its source, then run `pgtrickle apply`",
+                        detail=(st.last_error or "").splitlines()[0] or None,
+                        hint="`pgtrickle status` says why and what to do",
                     )
                 lsn = parse_lsn(lsn_text)
                 timings["snapshot_ms"] = _ms(t0)
@@ -246,12 +252,7 @@ class Refresher:
     def _apply_delta(self, st: StreamTable) -> int:
         apply_sql = st.plan.apply_sql
         assert apply_sql is not None, "a differential plan has an apply statement"
-        try:
-            cur = self.conn.execute(apply_sql.encode())
-        except TRANSIENT_ERRORS:
-            raise
-        except psycopg.Error as error:
-            raise query_failed(_what(st), error) from error
+        cur = self.conn.execute(apply_sql.encode())
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             counts = cur.fetchone()  # (deleted, inserted)
             return sum(counts) if counts else 0
@@ -276,9 +277,9 @@ class Refresher:
     def _ensure_temp_tables(self, st: StreamTable, sources: dict[int, CapturedSource]) -> None:
         for oid in st.source_oids:
             source = sources.get(oid)
-            if source is not None and oid not in self._temp_tables:
-                create_staging_table(self.conn, source)
-                self._temp_tables.add(oid)
+            if source is not None and self._temp_tables.get(oid) != source.columns:
+                create_staging_table(self.conn, source, replace=True)
+                self._temp_tables[oid] = source.columns
 
     def _stage(
         self, st: StreamTable, sources: dict[int, CapturedSource], snapshot: str, frontier: str

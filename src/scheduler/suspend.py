@@ -29,10 +29,11 @@ def schema_change_error(change: SchemaChange) -> UpstreamSchemaChanged:
     verb = "no longer exists" if len(change.missing_columns) == 1 else "no longer exist"
     return UpstreamSchemaChanged(
         f'source "{change.source.display_name}" changed: {noun} {columns} {verb}',
-        detail="The stream tables reading it are suspended: their changes can no longer be"
+        detail="The stream tables reading it are suspended: its changes can no longer be"
         " captured as they were declared.",
-        hint="change their queries to the new columns (or restore the columns), then run"
-        " `pgtrickle apply`",
+        hint=f"restore the {noun} and run `pgtrickle apply`; or stop declaring every stream"
+        " table that reads the source, `pgtrickle apply --prune`, then declare them again"
+        " (its changes are then captured with the columns it has now)",
     )
 
 

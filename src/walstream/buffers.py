@@ -226,12 +226,19 @@ def staging_query(
     )
 
 
-def create_staging_table(conn: psycopg.Connection[Any], source: CapturedSource) -> None:
+def create_staging_table(
+    conn: psycopg.Connection[Any], source: CapturedSource, *, replace: bool = False
+) -> None:
     """The session's temp table for the source's staged delta, emptied at every commit.
 
     Created once per session and reused: creating it per refresh doubles the refresh's cost
-    and bloats the catalog.
+    and bloats the catalog. ``replace`` drops one the session may have of another layout first
+    (the source was captured again with other columns).
     """
+    if replace:
+        conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(source.staging_table))
+        )
     columns = [sql.SQL("{} integer").format(sql.Identifier(WEIGHT))] + [
         sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
         for c, t in zip(source.columns, source.column_types, strict=True)

@@ -322,15 +322,17 @@ class ChangeReader:
         makes the source's changes unusable: they are not buffered, and ``on_schema_change``
         hears of it.
         """
+        names = [c.name for c in relation.columns]
         source = self._sources.get(relation.oid)
-        if source is None:
+        if source is None or not set(source.columns) <= set(names):
+            # unknown, or its buffer no longer fits: it may have been captured (again, with
+            # the columns it has now) since the sources were loaded
             with connect(self.dsn, autocommit=True) as conn:
                 self._sources = load_sources(conn)
             source = self._sources.get(relation.oid)
         self._layouts.pop(relation.oid, None)
         if source is None:
             return  # published once, no longer captured: its changes are nobody's
-        names = [c.name for c in relation.columns]
         missing = [c for c in source.columns if c not in names]
         if missing:
             log.error("source schema changed", source=source.display_name, missing=missing)

@@ -68,3 +68,54 @@ def test_an_added_column_changes_nothing_and_a_dropped_one_suspends(db: Database
                     break
                 time.sleep(0.05)
         assert row == ("moon",)
+
+
+def suspend_paid(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders DROP COLUMN amount")
+        conn.execute("INSERT INTO orders VALUES (9002, 1, 'paid')")
+    deadline = time.monotonic() + 30
+    while status_of(dsn, "paid")[0] != "suspended" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status_of(dsn, "paid")[0] == "suspended"
+
+
+def test_restoring_the_column_and_applying_again_resumes_a_suspended_stream_table(
+    db: Database,
+) -> None:
+    create_schema(db.dsn, customers=10, orders=100, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_daemon(db.dsn):
+        suspend_paid(db.dsn)
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders ADD COLUMN amount numeric(10, 2)")
+        apply(db.dsn, parse_declarations(YAML))
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders VALUES (9003, 1, 'paid', 7)")
+            conn.execute("UPDATE orders SET amount = 3 WHERE status = 'paid'")
+        wait_caught_up(db.dsn, timeout=60)
+        assert status_of(db.dsn, "paid") == ("active", None)
+        assert mismatched(db.dsn) == {}
+
+
+def test_declaring_the_readers_of_a_changed_source_anew_captures_it_as_it_is_now(
+    db: Database,
+) -> None:
+    create_schema(db.dsn, customers=10, orders=100, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_daemon(db.dsn):
+        suspend_paid(db.dsn)
+        only_regions = YAML.split("  - name: regions")[0].split("  - name: paid")[0]
+        only_regions += "  - name: regions" + YAML.split("  - name: regions")[1]
+        apply(db.dsn, parse_declarations(only_regions), prune=True)
+        new_paid = only_regions + (
+            "  - name: paid\n    query: SELECT id, status FROM orders WHERE status = 'paid'\n"
+            "    refresh_mode: differential\n"
+        )
+        apply(db.dsn, parse_declarations(new_paid))
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders VALUES (9004, 1, 'paid')")
+            conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+        wait_caught_up(db.dsn, timeout=60)
+        assert status_of(db.dsn, "paid") == ("active", None)
+        assert mismatched(db.dsn) == {}
