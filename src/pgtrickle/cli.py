@@ -28,7 +28,7 @@ from pgtrickle import logs
 from pgtrickle.errors import EXIT_INTERNAL, InternalError, InvalidDeclaration, PgTrickleError
 from scheduler.errors import EXIT_TIMEOUT
 from walstream.dsn import connect, connection_failed, redact
-from walstream.errors import EXIT_UNAVAILABLE, DatabaseError
+from walstream.errors import EXIT_UNAVAILABLE, DatabaseError, MissingPrivilege
 
 log = structlog.get_logger("pgtrickle.cli")
 
@@ -228,8 +228,16 @@ def _report(args: argparse.Namespace, exc: PgTrickleError) -> int:
     return exc.exit_code
 
 
-def _database_error(exc: psycopg.Error) -> DatabaseError:
+def _database_error(exc: psycopg.Error) -> PgTrickleError:
     diag = exc.diag
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return MissingPrivilege(
+            f"this role may not do that: {diag.message_primary or str(exc).strip()}",
+            detail=diag.message_detail or f"SQLSTATE {diag.sqlstate}",
+            hint="connect as the role that ran `pgtrickle apply`, or grant this one what the"
+            " message names (for the catalog: GRANT USAGE ON SCHEMA pgtrickle and SELECT ON ALL"
+            " TABLES IN SCHEMA pgtrickle)",
+        )
     return DatabaseError(
         f"the server refused a statement: {diag.message_primary or str(exc).strip()}",
         detail=diag.message_detail or (f"SQLSTATE {diag.sqlstate}" if diag.sqlstate else None),

@@ -388,6 +388,23 @@ def test_a_role_that_may_not_replicate_is_explained(
     assert "REPLICATION" in result.stderr
 
 
+def test_a_role_that_may_not_read_the_catalog_is_told_what_to_grant(
+    capsys: pytest.CaptureFixture[str], applied: Database, config: Path
+) -> None:
+    role = f"stranger_{applied.name}"
+    with psycopg.connect(applied.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        dsn = applied.dsn.replace("user=postgres", f"user={role}")
+        result = in_process(capsys, *_args("status", config), "--dsn", dsn)
+        assert_explained(result, "PGT204", 1)
+        assert "permission denied for schema pgtrickle" in result.stderr
+        assert "GRANT USAGE ON SCHEMA pgtrickle" in result.stderr
+    finally:
+        with psycopg.connect(applied.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def test_a_role_that_may_not_read_changes_cannot_refresh_without_a_daemon(
     capsys: pytest.CaptureFixture[str], plain_role: str, config: Path
 ) -> None:
