@@ -20,8 +20,8 @@ from pgtrickle.reconcile import apply
 from scheduler.errors import RefreshMismatch
 from scheduler.refresh import Refresher
 from tests.fixtures.cluster import Database
+from tests.fixtures.streams import running_reader
 from walstream.catalog import get_stream_table
-from walstream.reader import ChangeReader
 
 JOIN_AGGREGATE = """
 stream_tables:
@@ -42,9 +42,6 @@ class NaiveRefresher(Refresher):
 
 def refresh_until_mismatch(dsn: str, refresher_class: type[Refresher], seconds: float) -> int:
     """Refresh in a loop while writers run; the number of refreshes that failed the check."""
-    reader = ChangeReader(dsn)
-    reader_thread = threading.Thread(target=reader.run, daemon=True)
-    reader_thread.start()
     stop = threading.Event()
     writers = [Writer(dsn, seed=seed, async_share=0.0) for seed in (3, 4)]
     threads = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
@@ -52,7 +49,7 @@ def refresh_until_mismatch(dsn: str, refresher_class: type[Refresher], seconds: 
         thread.start()
     failures = 0
     try:
-        with refresher_class(dsn, reader, check=True) as refresher:
+        with running_reader(dsn) as reader, refresher_class(dsn, reader, check=True) as refresher:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline and not failures:
                 try:
@@ -63,8 +60,6 @@ def refresh_until_mismatch(dsn: str, refresher_class: type[Refresher], seconds: 
         stop.set()
         for thread in threads:
             thread.join()
-        reader.stop()
-        reader_thread.join()
     return failures
 
 

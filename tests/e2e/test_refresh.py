@@ -14,11 +14,10 @@ from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
 from scheduler.refresh import PositionWaiter, RefreshAction, Refresher
 from tests.fixtures.cluster import Database
-from tests.fixtures.streams import mismatched
+from tests.fixtures.streams import mismatched, running_reader
 from walstream.buffers import load_sources, prune
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
-from walstream.reader import ChangeReader
 from walstream.replication import parse_lsn
 
 YAML = """
@@ -33,15 +32,8 @@ stream_tables:
 def refresher(db: Database) -> Iterator[Refresher]:
     create_schema(db.dsn, customers=10, orders=200, events=10)
     apply(db.dsn, parse_declarations(YAML))
-    reader = ChangeReader(db.dsn)
-    thread = threading.Thread(target=reader.run, daemon=True)
-    thread.start()
-    try:
-        with Refresher(db.dsn, reader, check=True) as refresher:
-            yield refresher
-    finally:
-        reader.stop()
-        thread.join()
+    with running_reader(db.dsn) as reader, Refresher(db.dsn, reader, check=True) as refresher:
+        yield refresher
 
 
 def refresh(refresher: Refresher) -> RefreshAction:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -17,9 +16,8 @@ from pgtrickle.reconcile import ApplyPlan, ChangeKind, EffectKind, apply
 from scheduler.errors import QueryFailed
 from scheduler.refresh import Refresher
 from tests.fixtures.cluster import Database
-from tests.fixtures.streams import mismatched
+from tests.fixtures.streams import mismatched, running_reader
 from walstream.catalog import get_stream_table
-from walstream.reader import ChangeReader
 
 
 def decls(body: str) -> str:
@@ -179,15 +177,8 @@ def test_quoted_identifiers_work_end_to_end(shop: Database) -> None:
 
 
 def refresh_once(dsn: str, name: str) -> None:
-    reader = ChangeReader(dsn)
-    thread = threading.Thread(target=reader.run, daemon=True)
-    thread.start()
-    try:
-        with Refresher(dsn, reader, check=True) as refresher:
-            refresher.refresh(get_stream_table(refresher.staging, name))
-    finally:
-        reader.stop()
-        thread.join()
+    with running_reader(dsn) as reader, Refresher(dsn, reader, check=True) as refresher:
+        refresher.refresh(get_stream_table(refresher.staging, name))
 
 
 # -- what it refuses, having changed nothing

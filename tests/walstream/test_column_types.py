@@ -15,7 +15,6 @@ from __future__ import annotations
 import doctest
 import os
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from pgtrickle.declarations import parse_declarations
 from pgtrickle.reconcile import apply
 from scheduler.refresh import Refresher
 from tests.fixtures.cluster import Database
+from tests.fixtures.streams import running_reader
 from tests.fixtures.values import (
     ALL_TYPES,
     BUMP,
@@ -44,7 +44,6 @@ from tests.fixtures.values import (
     random_row,
 )
 from walstream.catalog import get_stream_table
-from walstream.reader import ChangeReader
 
 SOURCE = "t"
 STREAM_TABLE = "st"
@@ -174,26 +173,9 @@ def maintained(
                 source.insert(random_row(rng, types))
         apply(db.dsn, parse_declarations(DECLARATIONS))
         assert_same_rows(conn, types, "populated")
-        reader = ChangeReader(db.dsn)
-        errors: list[BaseException] = []
-
-        def read() -> None:
-            try:
-                reader.run()
-            except BaseException as error:
-                errors.append(error)
-                raise
-
-        thread = threading.Thread(target=read, name="test-reader", daemon=True)
-        thread.start()
-        try:
-            with Refresher(db.dsn, reader, check=False) as refresher:
-                source.refresher = refresher
-                yield source
-        finally:
-            reader.stop()
-            thread.join(timeout=30)
-        assert not errors, f"the change reader died: {errors[0]!r}"
+        with running_reader(db.dsn) as reader, Refresher(db.dsn, reader, check=False) as refresher:
+            source.refresher = refresher
+            yield source
 
 
 def assert_same_rows(conn: psycopg.Connection[Any], types: Sequence[ColumnType], what: str) -> None:
