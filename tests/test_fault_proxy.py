@@ -12,14 +12,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dvm.catalog import Column, SourceTable
 from pgtrickle.dev.cluster import LocalCluster
 from tests.fixtures.cluster import Database
 from tests.fixtures.proxy import ConnectionKind, FaultProxy
+from tests.fixtures.streams import capture_table, running_reader
 from walstream.buffers import load_sources
-from walstream.capture import SLOT_NAME, capture_source, ensure_slot_and_publication
-from walstream.migrate import migrate
-from walstream.reader import ChangeReader
+from walstream.capture import SLOT_NAME
 from walstream.replication import parse_lsn, slot_confirmed_flush
 
 SQL, REPLICATION = ConnectionKind.SQL, ConnectionKind.REPLICATION
@@ -222,17 +220,7 @@ def test_closing_the_proxy_breaks_its_connections_even_stalled_ones(
 
 def setup_source(dsn: str) -> int:
     """Capture a table ``t (id, v)``, as the reader's own tests do; its oid."""
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        ensure_slot_and_publication(conn)
-        row = conn.execute("SELECT 't'::regclass::oid").fetchone()
-        assert row is not None
-        oid = int(row[0])
-        columns = (Column("id", "integer"), Column("v", "text"))
-        with conn.transaction():
-            capture_source(conn, SourceTable(oid, "public", "t", columns, ("id",)))
-    return oid
+    return capture_table(dsn, "t", [("id", "integer"), ("v", "text")])
 
 
 def buffered(dsn: str, oid: int) -> list[tuple[str, int]]:
@@ -241,23 +229,6 @@ def buffered(dsn: str, oid: int) -> list[tuple[str, int]]:
         buffer = load_sources(conn)[oid].buffer
         query = sql.SQL("SELECT action, coalesce(n1, o1) FROM {} ORDER BY lsn, seq")
         return [(str(a), int(i)) for a, i in conn.execute(query.format(buffer))]
-
-
-class RunningReader:
-    """A change reader on its own thread, reading through ``proxy``."""
-
-    def __init__(self, proxy: FaultProxy, dsn: str) -> None:
-        self.reader = ChangeReader(proxy.dsn(dsn))
-        self.thread = threading.Thread(target=self.reader.run, name="reader", daemon=True)
-
-    def __enter__(self) -> ChangeReader:
-        self.thread.start()
-        return self.reader
-
-    def __exit__(self, *exc: object) -> None:
-        self.reader.stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
 
 
 def flush_target(conn: psycopg.Connection[Any]) -> int:
@@ -281,7 +252,7 @@ def test_the_change_reader_survives_cut_connections_with_nothing_lost(
     committed: list[int] = []
     # the rows are written past the proxy: only the reader's connections see faults
     with (
-        RunningReader(fault_proxy, db.dsn) as reader,
+        running_reader(fault_proxy.dsn(db.dsn)) as reader,
         psycopg.connect(db.dsn, autocommit=True) as source,
     ):
 
@@ -316,7 +287,7 @@ def test_a_batch_buffered_but_not_confirmed_when_the_stream_breaks_is_not_buffer
 ) -> None:
     oid = setup_source(db.dsn)
     with (
-        RunningReader(fault_proxy, db.dsn) as reader,
+        running_reader(fault_proxy.dsn(db.dsn)) as reader,
         psycopg.connect(db.dsn, autocommit=True) as source,
     ):
         assert reader.wait_for(flush_target(source), timeout=10)  # streaming
@@ -341,7 +312,7 @@ def test_a_stalled_stream_holds_the_reader_back_and_loses_nothing(
 ) -> None:
     oid = setup_source(db.dsn)
     with (
-        RunningReader(fault_proxy, db.dsn) as reader,
+        running_reader(fault_proxy.dsn(db.dsn)) as reader,
         psycopg.connect(db.dsn, autocommit=True) as source,
     ):
         fault_proxy.wait_connections(REPLICATION)

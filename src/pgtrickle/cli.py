@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -248,28 +247,24 @@ def _database_error(exc: psycopg.Error) -> PgTrickleError:
 # -- where the database is ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Config:
-    path: Path
-    explicit: bool
-
-
-def _config(args: argparse.Namespace) -> _Config | None:
+def _config(args: argparse.Namespace) -> Path | None:
+    """The declarations file: --config, else ./pgtrickle.yaml when it exists."""
     if args.config:
-        return _Config(Path(args.config), explicit=True)
+        return Path(args.config)
     default = Path(DEFAULT_CONFIG)
-    return _Config(default, explicit=False) if default.exists() else None
+    return default if default.exists() else None
 
 
-def _dsn(args: argparse.Namespace) -> str:
-    dsn = args.dsn or os.environ.get("PGTRICKLE_DSN")
+def _dsn(args: argparse.Namespace, file_dsn: str | None = None) -> str:
+    """--dsn, else $PGTRICKLE_DSN, else ``file_dsn`` or the dsn: of the declarations file."""
+    dsn = args.dsn or os.environ.get("PGTRICKLE_DSN") or file_dsn
     config = _config(args)
-    if not dsn and config is not None:
+    if not dsn and config is not None and file_dsn is None:
         from pgtrickle.declarations import load_declarations
 
-        dsn = load_declarations(config.path).dsn
+        dsn = load_declarations(config).dsn
     if not dsn:
-        where = f" (its dsn: in {config.path} is not set)" if config else ""
+        where = f" (its dsn: in {config} is not set)" if config else ""
         raise InvalidDeclaration(
             f"no database to connect to{where}",
             detail="every command needs the connection string of the database it works on",
@@ -315,10 +310,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from pgtrickle.declarations import load_declarations
     from pgtrickle.reconcile import ChangeKind, apply
 
-    config = _config(args) or _Config(Path(DEFAULT_CONFIG), explicit=False)
-    decls = load_declarations(config.path)
-    dsn = args.dsn or os.environ.get("PGTRICKLE_DSN") or decls.dsn or _dsn(args)
-    plan = apply(dsn, decls, dry_run=args.dry_run, prune=args.prune, confirm_drop=_confirm_drop)
+    decls = load_declarations(_config(args) or Path(DEFAULT_CONFIG))
+    plan = apply(
+        _dsn(args, decls.dsn),
+        decls,
+        dry_run=args.dry_run,
+        prune=args.prune,
+        confirm_drop=_confirm_drop,
+    )
     changes = [c for c in plan.changes if c.kind is not ChangeKind.UNCHANGED or args.dry_run]
     lines = []
     for c in changes:

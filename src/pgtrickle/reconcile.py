@@ -86,14 +86,11 @@ class Change:
     reasons: tuple[str, ...] = ()
     decl: StreamTableDecl | None = None
     plan: DeltaPlan | None = None
+    stored: StoredPlan | None = None
+    """What the catalog keeps of ``plan`` (rendered once: it renders the apply statement)."""
     effective_mode: RefreshMode | None = None
     fallback: tuple[Reason, ...] = ()
     existing: StreamTable | None = None
-
-    @property
-    def stored(self) -> StoredPlan:
-        assert self.plan is not None, "only creates and re-creates have a plan"
-        return stored_plan(self.plan)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.kind.value, "stream_table": self.name}
@@ -170,8 +167,9 @@ def apply(
             drops = [change.name for change in plan.drops]
             if drops and not prune and not (confirm_drop is not None and confirm_drop(drops)):
                 raise _prune_required(drops)
+            # the plan holds: the apply lock keeps other applies out, and a migration adds
+            # columns without changing what the plan read
             migrate(dsn)
-            plan = plan_apply(conn, decls)  # the same plan, against the migrated catalog
             _execute(conn, plan)
             return plan
         finally:
@@ -261,11 +259,18 @@ def _plan_one(
             _check_source(conn, table, facts)
     except PgTrickleError as exc:
         raise exc.with_context(where) from exc
+    stored = stored_plan(plan)
     current = existing.pop((decl.schema, decl.name), None)
     if current is None:
         _check_name_free(conn, where, decl)
         return Change(
-            ChangeKind.CREATE, name, decl=decl, plan=plan, effective_mode=mode, fallback=fallback
+            ChangeKind.CREATE,
+            name,
+            decl=decl,
+            plan=plan,
+            stored=stored,
+            effective_mode=mode,
+            fallback=fallback,
         )
     reasons: list[str] = []
     if current.plan.query != plan.query:
@@ -276,7 +281,7 @@ def _plan_one(
         reasons.append(f"refresh_mode {current.refresh_mode} -> {decl.refresh_mode}")
     if current.status is StreamTableStatus.SUSPENDED:
         reasons.append("suspended (a source changed)")
-    if not reasons and current.plan != stored_plan(plan):
+    if not reasons and current.plan != stored:
         reasons.append("compiled plan (a source table or pgtrickle changed)")
     if current.schedule != decl.schedule:
         reasons.append(f"schedule {current.schedule} -> {decl.schedule}")
@@ -290,6 +295,7 @@ def _plan_one(
         tuple(reasons),
         decl=decl,
         plan=plan,
+        stored=stored,
         effective_mode=mode,
         fallback=fallback,
         existing=current,
@@ -594,6 +600,7 @@ def _create(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn: s
     assert decl is not None and mode is not None
     target = _qualified(decl.schema, decl.name)
     stored = change.stored
+    assert stored is not None
     rows = create_storage(conn, target, stored, what=f'stream table "{change.name}"')
     index_storage(conn, target, stored, mode, what=f'stream table "{change.name}"')
     state: list[tuple[str, object]] = [("schema_name", decl.schema), ("name", decl.name)]
@@ -618,6 +625,7 @@ def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn:
     build_name = f"__pgt_build_{st.id}"
     build = _qualified(decl.schema, build_name)
     stored = change.stored
+    assert stored is not None
     rows = create_storage(conn, build, stored, what=f'stream table "{change.name}"')
     old_oid = _storage_oid(conn, st)
     keep_grants = relations.grants(conn, old_oid) if old_oid is not None else []

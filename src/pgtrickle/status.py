@@ -69,15 +69,14 @@ def stream_table_states(conn: psycopg.Connection[Any]) -> list[StreamTableState]
     check_current(conn)
     out = []
     for st in list_stream_tables(conn):
-        try:
-            with conn.transaction():
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT (SELECT count(*) FROM {}),"
-                        " extract(epoch FROM clock_timestamp() - %s::timestamptz)::float8"
-                    ).format(st.qualified_name),
-                    (st.data_timestamp,),
-                ).fetchone()
+        try:  # in autocommit, a failed statement leaves the connection usable
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM {}),"
+                    " extract(epoch FROM clock_timestamp() - %s::timestamptz)::float8"
+                ).format(st.qualified_name),
+                (st.data_timestamp,),
+            ).fetchone()
         except psycopg.errors.UndefinedTable:
             row = None
         out.append(

@@ -156,6 +156,7 @@ class Refresher:
     def _refresh(self, st: StreamTable, full: bool) -> RefreshResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        created_here: list[int] = []
         sources = load_sources(self.conn)
         if st.effective_refresh_mode is RefreshMode.DIFFERENTIAL and not full:
             self._ensure_temp_tables(st, sources)
@@ -196,7 +197,8 @@ class Refresher:
                 result = RefreshResult(RefreshAction.FULL, lsn, st, timings=timings)
                 differential = st.effective_refresh_mode is RefreshMode.DIFFERENTIAL and not full
                 if differential and frontier is not None:
-                    self._ensure_temp_tables(st, sources)
+                    # created in this transaction only if the reload made it differential
+                    created_here = self._ensure_temp_tables(st, sources)
                     self._differential(st, sources, snapshot, frontier, result)
                 else:
                     t0 = time.perf_counter()
@@ -216,7 +218,8 @@ class Refresher:
             return result
         except BaseException:
             # temp tables created in a transaction that rolled back are gone again
-            self._temp_tables.clear()
+            for oid in created_here:
+                self._temp_tables.pop(oid, None)
             raise
         finally:
             self.conn.isolation_level = None
@@ -274,12 +277,16 @@ class Refresher:
             hint="is `pgtrickle run` running, and can it connect to the database?",
         )
 
-    def _ensure_temp_tables(self, st: StreamTable, sources: dict[int, CapturedSource]) -> None:
+    def _ensure_temp_tables(self, st: StreamTable, sources: dict[int, CapturedSource]) -> list[int]:
+        """The temp tables ``st`` stages into, in the layout of its sources; those created."""
+        created = []
         for oid in st.source_oids:
             source = sources.get(oid)
             if source is not None and self._temp_tables.get(oid) != source.columns:
                 create_staging_table(self.conn, source, replace=True)
                 self._temp_tables[oid] = source.columns
+                created.append(oid)
+        return created
 
     def _stage(
         self, st: StreamTable, sources: dict[int, CapturedSource], snapshot: str, frontier: str

@@ -19,8 +19,8 @@ the refresh's staging query and temp tables, ``wait``'s "behind" test, and pruni
 ...                         ("integer", "numeric(10,2)"))
 >>> value_columns(source)
 ['o1', 'o2', 'n1', 'n2']
->>> buffer_values(BufferAction.UPDATE, ("1", "9.50"), ("1", "12.00"), 2)
-('1', '9.50', '1', '12.00')
+>>> update_values(("1", "9.50"), ("1", "12.00")), delete_values(("1", "9.50"), 2)
+(('1', '9.50', '1', '12.00'), ('1', '9.50', None, None))
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ BUFFER_SCHEMA = "pgtrickle_changes"
 
 Value = str | None
 """A value as pgoutput sends it: its text form, or None for NULL."""
+Row = tuple[Value, ...]
 
 
 class BufferAction(StrEnum):
@@ -141,20 +142,24 @@ def copy_statement(source: CapturedSource) -> sql.Composed:
     )
 
 
-def buffer_values(
-    action: BufferAction,
-    old: Sequence[Value] | None,
-    new: Sequence[Value] | None,
-    width: int,
-) -> tuple[Value, ...]:
-    """The value columns of one buffered change: old values, then new ones, NULL-padded."""
-    nothing: tuple[Value, ...] = (None,) * width
-    return (tuple(old) if old is not None and action is not BufferAction.INSERT else nothing) + (
-        tuple(new) if new is not None and action in _WITH_NEW else nothing
-    )
+# The value columns of one buffered change: old values, then new ones, NULL where an action
+# has none. Plain tuple arithmetic: these run once per change the reader buffers.
 
 
-_WITH_NEW = (BufferAction.INSERT, BufferAction.UPDATE)
+def insert_values(new: Row, width: int) -> Row:
+    return (None,) * width + new
+
+
+def update_values(old: Row, new: Row) -> Row:
+    return old + new
+
+
+def delete_values(old: Row, width: int) -> Row:
+    return old + (None,) * width
+
+
+def truncate_values(width: int) -> Row:
+    return (None,) * (2 * width)
 
 
 # -- reading (the refresh) --------------------------------------------------------------

@@ -30,10 +30,13 @@ import structlog
 from walstream.buffers import (
     BufferAction,
     CapturedSource,
-    Value,
-    buffer_values,
+    Row,
     copy_statement,
+    delete_values,
+    insert_values,
     load_sources,
+    truncate_values,
+    update_values,
 )
 from walstream.capture import PUBLICATION_NAME, SLOT_NAME
 from walstream.dsn import connect
@@ -64,8 +67,6 @@ BATCH_ROWS = 50_000
 BATCH_SECONDS = 0.02
 STATUS_INTERVAL = 10.0
 XID_EPOCH = 1 << 32
-
-Row = tuple[Value, ...]
 
 
 @dataclass(frozen=True)
@@ -290,28 +291,26 @@ class ChangeReader:
         elif isinstance(message, Insert):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
-                values = buffer_values(
-                    BufferAction.INSERT, None, _pick(message.new, layout), layout.width
-                )
+                values = insert_values(_pick(message.new, layout), layout.width)
                 txn.add(message.relation_oid, BufferAction.INSERT, values)
         elif isinstance(message, Update):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
                 old = _pick(message.old or message.key or (), layout)
                 new = _pick(message.new, layout, old)
-                values = buffer_values(BufferAction.UPDATE, old, new, layout.width)
+                values = update_values(old, new)
                 txn.add(message.relation_oid, BufferAction.UPDATE, values)
         elif isinstance(message, Delete):
             layout = self._layouts.get(message.relation_oid)
             if layout is not None:
                 old = _pick(message.old or message.key or (), layout)
-                values = buffer_values(BufferAction.DELETE, old, None, layout.width)
+                values = delete_values(old, layout.width)
                 txn.add(message.relation_oid, BufferAction.DELETE, values)
         elif isinstance(message, Truncate):
             for oid in message.relation_oids:
                 layout = self._layouts.get(oid)
                 if layout is not None:
-                    values = buffer_values(BufferAction.TRUNCATE, None, None, layout.width)
+                    values = truncate_values(layout.width)
                     txn.add(oid, BufferAction.TRUNCATE, values)
 
     def _on_relation(self, relation: Relation) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -70,52 +71,51 @@ def test_an_added_column_changes_nothing_and_a_dropped_one_suspends(db: Database
         assert row == ("moon",)
 
 
-def suspend_paid(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE orders DROP COLUMN amount")
-        conn.execute("INSERT INTO orders VALUES (9002, 1, 'paid')")
-    deadline = time.monotonic() + 30
-    while status_of(dsn, "paid")[0] != "suspended" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status_of(dsn, "paid")[0] == "suspended"
+@pytest.fixture
+def suspended(db: Database) -> Iterator[Database]:
+    """The stream table "paid" suspended (its source lost a column), the daemon running."""
+    create_schema(db.dsn, customers=10, orders=100, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_daemon(db.dsn):
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders DROP COLUMN amount")
+            conn.execute("INSERT INTO orders VALUES (9002, 1, 'paid')")
+        deadline = time.monotonic() + 30
+        while status_of(db.dsn, "paid")[0] != "suspended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status_of(db.dsn, "paid")[0] == "suspended"
+        yield db
+
+
+def assert_resumed(dsn: str) -> None:
+    wait_caught_up(dsn, timeout=60)
+    assert status_of(dsn, "paid") == ("active", None)
+    assert mismatched(dsn) == {}
 
 
 def test_restoring_the_column_and_applying_again_resumes_a_suspended_stream_table(
-    db: Database,
+    suspended: Database,
 ) -> None:
-    create_schema(db.dsn, customers=10, orders=100, events=10)
-    apply(db.dsn, parse_declarations(YAML))
-    with running_daemon(db.dsn):
-        suspend_paid(db.dsn)
-        with psycopg.connect(db.dsn, autocommit=True) as conn:
-            conn.execute("ALTER TABLE orders ADD COLUMN amount numeric(10, 2)")
-        apply(db.dsn, parse_declarations(YAML))
-        with psycopg.connect(db.dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO orders VALUES (9003, 1, 'paid', 7)")
-            conn.execute("UPDATE orders SET amount = 3 WHERE status = 'paid'")
-        wait_caught_up(db.dsn, timeout=60)
-        assert status_of(db.dsn, "paid") == ("active", None)
-        assert mismatched(db.dsn) == {}
+    with psycopg.connect(suspended.dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ADD COLUMN amount numeric(10, 2)")
+    apply(suspended.dsn, parse_declarations(YAML))
+    with psycopg.connect(suspended.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (9003, 1, 'paid', 7)")
+        conn.execute("UPDATE orders SET amount = 3 WHERE status = 'paid'")
+    assert_resumed(suspended.dsn)
 
 
 def test_declaring_the_readers_of_a_changed_source_anew_captures_it_as_it_is_now(
-    db: Database,
+    suspended: Database,
 ) -> None:
-    create_schema(db.dsn, customers=10, orders=100, events=10)
-    apply(db.dsn, parse_declarations(YAML))
-    with running_daemon(db.dsn):
-        suspend_paid(db.dsn)
-        only_regions = YAML.split("  - name: regions")[0].split("  - name: paid")[0]
-        only_regions += "  - name: regions" + YAML.split("  - name: regions")[1]
-        apply(db.dsn, parse_declarations(only_regions), prune=True)
-        new_paid = only_regions + (
-            "  - name: paid\n    query: SELECT id, status FROM orders WHERE status = 'paid'\n"
-            "    refresh_mode: differential\n"
-        )
-        apply(db.dsn, parse_declarations(new_paid))
-        with psycopg.connect(db.dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO orders VALUES (9004, 1, 'paid')")
-            conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
-        wait_caught_up(db.dsn, timeout=60)
-        assert status_of(db.dsn, "paid") == ("active", None)
-        assert mismatched(db.dsn) == {}
+    regions = "stream_tables:\n  - name: regions" + YAML.split("  - name: regions")[1]
+    apply(suspended.dsn, parse_declarations(regions), prune=True)
+    new_paid = regions + (
+        "  - name: paid\n    query: SELECT id, status FROM orders WHERE status = 'paid'\n"
+        "    refresh_mode: differential\n"
+    )
+    apply(suspended.dsn, parse_declarations(new_paid))
+    with psycopg.connect(suspended.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (9004, 1, 'paid')")
+        conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+    assert_resumed(suspended.dsn)

@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from dvm.catalog import Column, SourceTable
 from tests.fixtures.cluster import Database
 from tests.fixtures.proxy import ConnectionKind, FaultProxy
+from tests.fixtures.streams import capture_table, insert_lsn
 from walstream.buffers import load_sources
 from walstream.capture import (
     SLOT_NAME,
-    capture_source,
-    ensure_slot_and_publication,
     release_source,
 )
-from walstream.migrate import migrate
 from walstream.reader import ChangeReader, widen_xid
-from walstream.replication import parse_lsn
 
 
 def setup_source(dsn: str) -> int:
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, big text)")
-        ensure_slot_and_publication(conn)
-        row = conn.execute("SELECT 't'::regclass::oid").fetchone()
-        assert row is not None
-        oid = int(row[0])
-        columns = (Column("id", "integer"), Column("v", "text"), Column("big", "text"))
-        table = SourceTable(oid, "public", "t", columns, ("id",))
-        with conn.transaction():
-            capture_source(conn, table)
-    return oid
-
-
-def insert_lsn(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-    assert row is not None
-    return parse_lsn(str(row[0]))
+    return capture_table(dsn, "t", [("id", "integer"), ("v", "text"), ("big", "text")])
 
 
 def buffered(dsn: str, oid: int) -> list[tuple[object, ...]]:
@@ -128,9 +106,7 @@ def test_a_buffer_dropped_under_the_reader_does_not_stop_it(
     """Its source was released while its changes were on their way: they are nobody's, and
     the reader goes on with the other sources."""
     oid = setup_source(db.dsn)
-    with psycopg.connect(db.dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE u (id int PRIMARY KEY)")
-        u_oid = capture(conn, "u", (Column("id", "integer"),))
+    u_oid = capture_table(db.dsn, "u", [("id", "integer")])
     reader = ChangeReader(fault_proxy.dsn(db.dsn))
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
@@ -152,11 +128,3 @@ def test_a_buffer_dropped_under_the_reader_does_not_stop_it(
     finally:
         reader.stop()
         thread.join()
-
-
-def capture(conn: psycopg.Connection[Any], name: str, columns: tuple[Column, ...]) -> int:
-    row = conn.execute("SELECT %s::regclass::oid", (name,)).fetchone()
-    assert row is not None
-    with conn.transaction():
-        capture_source(conn, SourceTable(int(row[0]), "public", name, columns, ("id",)))
-    return int(row[0])
