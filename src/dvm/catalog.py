@@ -11,7 +11,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,34 @@ class SourceTable:
 
 
 @dataclass(frozen=True)
+class View:
+    """A view a query may read: expanded to its definition and differentiated through."""
+
+    schema: str
+    name: str
+    definition: str
+    """``pg_get_viewdef()`` text."""
+    columns: tuple[str, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
 class CatalogFacts:
     tables: Mapping[tuple[str, str], SourceTable]
     search_path: tuple[str, ...] = ("public",)
+    views: Mapping[tuple[str, str], View] = field(default_factory=dict)
+
+    def lookup_relation(self, schema: str | None, name: str) -> SourceTable | View | None:
+        """The table or view ``schema.name``, or the first ``name`` along the search path."""
+        schemas = (schema,) if schema is not None else self.search_path
+        for candidate in schemas:
+            found = self.tables.get((candidate, name)) or self.views.get((candidate, name))
+            if found is not None:
+                return found
+        return None
 
     def lookup(self, schema: str | None, name: str) -> SourceTable | None:
         """The table ``schema.name``, or the first ``name`` along the search path."""

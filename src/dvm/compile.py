@@ -1,26 +1,27 @@
 """compile_query: a defining SELECT and catalog facts in, a DeltaPlan out.
 
-The pipeline: parse (sqlglot, postgres) -> resolve names -> operator tree -> one rule per
-operator (``scan``, ``filter``, ``join``, ``project``, ``aggregate``) -> ``consolidate`` into
-the KEYED or BAG delta contract. What cannot be differentiated gets a FULL-only plan that says
-which construct and why.
+The pipeline: parse (sqlglot, postgres) -> resolve names scope by scope into the operator
+tree (``dvm.resolve``) -> derive every node by its rule (``dvm.rules``) -> the stored
+relation's strategy: an aggregate kept with auxiliary values or rescanned per group (KEYED,
+``dvm.aggregate``), a TopK (``dvm.topk``), anything else as a bag of rows (BAG). What cannot be
+differentiated gets a FULL-only plan that says which construct and why.
 
 >>> from dvm.catalog import CatalogFacts, Column, SourceTable
 >>> columns = (Column("id", "integer"), Column("v", "integer"))
 >>> t = SourceTable(16384, "public", "t", columns, ("id",))
 >>> catalog = CatalogFacts({("public", "t"): t})
->>> plan = compile_query("select distinct v from t", catalog, ("public", "st"))
+>>> plan = compile_query("select v, random() from t", catalog, ("public", "st"))
 >>> plan.differentiable, [str(reason) for reason in plan.reasons]
-(False, ['DISTINCT: not differentiable yet (needs row multiplicities)'])
+(False, ['random(): volatile or time-dependent functions change between refreshes'])
 >>> mode, fallback = effective_mode(plan, RefreshMode.AUTO)
 >>> mode, [reason.construct for reason in fallback]
-(<RefreshMode.FULL: 'full'>, ['DISTINCT'])
+(<RefreshMode.FULL: 'full'>, ['random()'])
 
 The plan carries the query as the compiler understood it, normalized: comments, a trailing
 semicolon and odd white space are gone, so it can be embedded in other SQL as it is.
 
 >>> plan.query
-'SELECT DISTINCT v FROM t'
+'SELECT v, RANDOM() FROM t'
 """
 
 from __future__ import annotations
@@ -29,26 +30,20 @@ from types import MappingProxyType
 
 from sqlglot import exp
 
-from dvm import aggregate as aggregate_rule
-from dvm import consolidate, full
-from dvm.catalog import CatalogFacts, SourceTable
+from dvm import aggregate, consolidate, full, sql, topk
+from dvm.catalog import CatalogFacts
 from dvm.dialect import parse_statements, render
 from dvm.errors import InvalidQuery, UnsupportedQuery
-from dvm.filter import filter_
-from dvm.join import join
-from dvm.operators import Aggregate, Filter, Join, Operator, Project, Scan
+from dvm.operators import Aggregate, Relation, TopK
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
-from dvm.project import project
 from dvm.reason import Reason, summary
-from dvm.resolve import NotResolvable, ResolvedSelect, resolve_select
-from dvm.scan import delta_relation, scan
-from dvm.support import check_renderable, shape_reasons
-from dvm.translate import NotDifferentiable, translate
-from dvm.zset import ROW_ID, Derived
+from dvm.resolve import NotDifferentiable, Resolved, check_output_names, resolve
+from dvm.rules import derive, relation, rows
+from dvm.rules.scan import delta_relation
+from dvm.support import check_renderable
+from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRelation, cte_item
 
 __all__ = ["compile_query", "delta_relation", "effective_mode", "normalize"]
-
-_RESERVED_PREFIX = "__pgt_"
 
 
 def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -> DeltaPlan:
@@ -59,23 +54,12 @@ def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -
     statement = _single_query(query)
     check_renderable(statement)
     normalized = render(statement)
-    reasons = shape_reasons(statement)
-    resolved: ResolvedSelect | None = None
-    if not reasons:
-        assert isinstance(statement, exp.Select)
-        try:
-            resolved = resolve_select(statement, query, catalog)
-        except NotResolvable as error:
-            reasons.append(Reason(error.construct, error.why))
-    if resolved is not None:
-        _check_output_names([output.name for output in resolved.outputs])
-        try:
-            tree, notes = translate(resolved, query)
-        except NotDifferentiable as error:
-            reasons.extend(error.reasons)
-        else:
-            return _differential(normalized, query, resolved, tree, notes, storage)
-    return _full_only(normalized, query, statement, catalog, resolved, reasons, storage)
+    try:
+        resolved = resolve(statement, query, catalog)
+    except NotDifferentiable as error:
+        return _full_only(normalized, query, statement, catalog, error.reasons, storage)
+    check_output_names(resolved.tree.columns)
+    return _differential(normalized, statement, resolved, storage)
 
 
 def normalize(query: str) -> str:
@@ -135,93 +119,54 @@ def _single_query(query: str) -> exp.Expr:
     return statement
 
 
-def _check_output_names(names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name.startswith(_RESERVED_PREFIX):
-            raise InvalidQuery(
-                f'output column name "{name}" is reserved',
-                detail=f"names starting with {_RESERVED_PREFIX} are pgtrickle's hidden columns",
-                hint="rename the column with AS",
-            )
-        if name in seen:
-            raise InvalidQuery(
-                f'column "{name}" appears more than once in the output',
-                detail="a stream table, like any table, needs distinct column names",
-                hint="give the columns distinct names with AS",
-            )
-        seen.add(name)
-
-
-def _derive(node: Operator) -> Derived:
-    """New rows and delta of an operator below the projection, rule by rule."""
-    if isinstance(node, Scan):
-        return scan(node)
-    if isinstance(node, Filter):
-        return filter_(node, _derive(node.input))
-    if isinstance(node, Join):
-        return join(node, _derive(node.left), _derive(node.right))
-    raise AssertionError(f"no rule for {type(node).__name__} here")
-
-
-def _sources(
-    resolved: ResolvedSelect,
-) -> tuple[tuple[SourceTable, ...], dict[int, tuple[str, ...]]]:
-    tables: dict[int, SourceTable] = {}
-    read: dict[int, set[str]] = {}
-    for relation in resolved.relations:
-        tables.setdefault(relation.table.oid, relation.table)
-        read.setdefault(relation.table.oid, set()).update(resolved.columns_read[relation.alias])
-    columns_read = {
-        oid: tuple(c for c in table.column_names() if c in read[oid])
-        for oid, table in tables.items()
-    }
-    return tuple(tables.values()), columns_read
-
-
 def _differential(
-    normalized: str,
-    query: str,
-    resolved: ResolvedSelect,
-    tree: Operator,
-    notes: list[Reason],
-    storage: tuple[str, str],
+    normalized: str, statement: exp.Expr, resolved: Resolved, storage: tuple[str, str]
 ) -> DeltaPlan:
-    assert isinstance(tree, Project)
-    names = tuple(output.name for output in tree.outputs)
-    below = tree.input
-    if isinstance(below, Aggregate):
-        derived = _derive(below.input)
-        storage_query: exp.Query = aggregate_rule.storage_query(below, tree.outputs, derived.new)
-        delta_query = aggregate_rule.aggregate(below, tree.outputs, derived, storage)
+    root = resolved.tree
+    names = root.columns
+    context = Context()
+    guard: str | None = None
+    hidden: tuple[str, ...] = (ROW_ID,)
+    if isinstance(root, Aggregate):
+        input = rows(derive(root.input, context))
+        storage_query: exp.Query = aggregate.storage_query(root, input)
+        delta_query: exp.Query = aggregate.delta_query(root, input, context, storage)
         strategy = ApplyStrategy.KEYED
-        hidden = (ROW_ID, *aggregate_rule.aux_columns(below))
+        hidden = (ROW_ID, *aggregate.aux_columns(root))
+    elif isinstance(root, TopK):
+        storage_query = full.storage_query(statement, names)
+        delta_query = topk.delta_query(root, _derived(root.input, context), context, storage)
+        checking = Context()
+        guard = render(topk.guard_query(root, _derived(root.input, checking), checking, storage))
+        strategy = ApplyStrategy.BAG
     else:
-        derived = _derive(below)
-        storage_query = project(tree, derived.new, weighted=False)
-        changes = project(tree, derived.delta, weighted=True)
-        if derived.delta.keyed:
-            delta_query = consolidate.keyed(changes, names)
-            strategy = ApplyStrategy.KEYED
-        else:
-            delta_query = consolidate.bag(changes, names)
-            strategy = ApplyStrategy.BAG
-        hidden = (ROW_ID,)
-    sources, columns_read = _sources(resolved)
+        storage_query = full.storage_query(statement, names)
+        changes = _derived(root, context).delta
+        values = [sql.col("d", name) for name in names]
+        identified = exp.select(
+            sql.alias(sql.row_hash(values), ROW_ID), sql.col("d", WEIGHT), *values
+        ).from_(cte_item(changes, "d"))
+        delta_query = context.statement(consolidate.bag(identified, names))
+        strategy = ApplyStrategy.BAG
     return DeltaPlan(
         query=normalized,
-        sources=sources,
-        columns_read=MappingProxyType(columns_read),
+        sources=resolved.sources,
+        columns_read=MappingProxyType(resolved.columns_read),
         user_columns=names,
         hidden_columns=hidden,
         storage_query=render(storage_query),
         delta_query=render(delta_query),
         apply_strategy=strategy,
         differentiable=True,
-        reasons=tuple(notes),
+        reasons=resolved.notes,
         storage=storage,
-        tree=tree,
+        tree=root,
+        guard_query=guard,
     )
+
+
+def _derived(node: Relation, context: Context) -> DerivedRelation:
+    return relation(derive(node, context))
 
 
 def _full_only(
@@ -229,22 +174,16 @@ def _full_only(
     query: str,
     statement: exp.Expr,
     catalog: CatalogFacts,
-    resolved: ResolvedSelect | None,
     reasons: list[Reason],
     storage: tuple[str, str],
 ) -> DeltaPlan:
-    if resolved is not None:
-        names = [output.name for output in resolved.outputs]
-        sources, columns_read = _sources(resolved)
-    else:
-        names = full.output_names(statement, query, catalog)
-        _check_output_names(names)
-        tables = full.sources(statement, catalog)
-        sources, columns_read = tuple(tables), full.columns_read(statement, tables)
+    names = full.output_names(statement, query, catalog)
+    check_output_names(names)
+    tables = full.sources(statement, catalog)
     return DeltaPlan(
         query=normalized,
-        sources=sources,
-        columns_read=MappingProxyType(columns_read),
+        sources=tuple(tables),
+        columns_read=MappingProxyType(full.columns_read(statement, tables, catalog)),
         user_columns=tuple(names),
         hidden_columns=(ROW_ID,),
         storage_query=render(full.storage_query(statement, names)),

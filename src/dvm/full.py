@@ -30,10 +30,11 @@ from collections.abc import Mapping, Sequence
 from sqlglot import exp
 
 from dvm import sql
-from dvm.catalog import CatalogFacts, SourceTable
+from dvm.catalog import CatalogFacts, SourceTable, View
+from dvm.dialect import parse_one
 from dvm.errors import UnsupportedQuery
 from dvm.naming import identifier_name, output_name
-from dvm.resolve import lookup_table
+from dvm.resolve import lookup_relation
 from dvm.zset import ROW_ID
 
 _Q = "__pgt_q"
@@ -58,9 +59,19 @@ def cte_names(statement: exp.Expr) -> set[str]:
 
 
 def sources(statement: exp.Expr, catalog: CatalogFacts) -> list[SourceTable]:
-    """Every base table the query names (CTE names excepted), in order of appearance."""
+    """Every base table the query reads (CTE names excepted, views expanded), in order of
+    appearance."""
+    found: dict[int, SourceTable] = {}
+    for part in _with_views(statement, catalog, ()):
+        for table in _named(part, catalog):
+            if isinstance(table, SourceTable):
+                found.setdefault(table.oid, table)
+    return list(found.values())
+
+
+def _named(statement: exp.Expr, catalog: CatalogFacts) -> list[SourceTable | View]:
     ctes = cte_names(statement)
-    named: list[tuple[int, SourceTable]] = []
+    named: list[tuple[int, SourceTable | View]] = []
     for node in statement.find_all(exp.Table):
         name = node.args.get("this")
         if not isinstance(name, exp.Identifier):
@@ -68,20 +79,33 @@ def sources(statement: exp.Expr, catalog: CatalogFacts) -> list[SourceTable]:
         if node.args.get("db") is None and identifier_name(name) in ctes:
             continue
         start = name.meta.get("start")
-        named.append((start if isinstance(start, int) else 0, lookup_table(node, catalog)))
-    found: dict[int, SourceTable] = {}
-    for _, table in sorted(named, key=lambda item: item[0]):
-        found.setdefault(table.oid, table)
-    return list(found.values())
+        named.append((start if isinstance(start, int) else 0, lookup_relation(node, catalog)))
+    return [relation for _, relation in sorted(named, key=lambda item: item[0])]
 
 
-def columns_read(statement: exp.Expr, tables: Sequence[SourceTable]) -> dict[int, tuple[str, ...]]:
-    """A superset of the columns read: names mentioned anywhere, or all columns when the
-    query has a ``*`` or a name that is no column (possibly a whole-row reference)."""
+def _with_views(
+    statement: exp.Expr, catalog: CatalogFacts, seen: tuple[str, ...]
+) -> list[exp.Expr]:
+    """The statement and the definitions of the views it reads, recursively."""
+    parts = [statement]
+    for relation in _named(statement, catalog):
+        if isinstance(relation, View) and relation.qualified_name not in seen:
+            definition = parse_one(relation.definition)
+            parts.extend(_with_views(definition, catalog, (*seen, relation.qualified_name)))
+    return parts
+
+
+def columns_read(
+    statement: exp.Expr, tables: Sequence[SourceTable], catalog: CatalogFacts | None = None
+) -> dict[int, tuple[str, ...]]:
+    """A superset of the columns read: names mentioned anywhere (views' definitions
+    included), or all columns when the query has a ``*`` or a name that is no column
+    (possibly a whole-row reference)."""
     mentioned = set()
     everything = False
     known = {column for table in tables for column in table.column_names()}
-    for node in statement.find_all(exp.Column, exp.Star):
+    parts = _with_views(statement, catalog, ()) if catalog is not None else [statement]
+    for node in (found for part in parts for found in part.find_all(exp.Column, exp.Star)):
         if isinstance(node, exp.Star) or isinstance(node.args.get("this"), exp.Star):
             everything = True
             continue
@@ -160,7 +184,8 @@ def _item_columns(
         if item.args.get("db") is None and name in ctes:
             columns = list(ctes[name])
         else:
-            columns = list(lookup_table(item, catalog).column_names())
+            found = lookup_relation(item, catalog)
+            columns = list(found.columns if isinstance(found, View) else found.column_names())
     elif isinstance(item, exp.Subquery):
         columns = output_names(item.this, query, catalog, ctes)
     if columns is not None and alias_node is not None:

@@ -75,7 +75,7 @@ def output_name(expression: exp.Expr, query: str) -> str:
 
 def _figure(node: exp.Expr, query: str) -> tuple[str | None, int]:
     """(name, strength) as in PostgreSQL's FigureColnameInternal: 2 real name, 1 type name."""
-    if isinstance(node, (exp.Paren, exp.Window)):
+    if isinstance(node, (exp.Paren, exp.Window, exp.Filter)):
         return _figure(node.this, query)
     if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
         first = node.this.expressions[0] if node.this.expressions else None

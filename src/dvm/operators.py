@@ -1,7 +1,10 @@
 """The operator tree a defining query is compiled into, and its explain rendering.
 
-Expressions inside nodes are sqlglot trees whose columns are qualified with the query's own
-table aliases (``"o"."amount"``), so every rule can reuse them verbatim.
+Two kinds of node. *Row* nodes (scans, joins, filters, semi-joins) produce the rows of a FROM
+clause, addressed by the query's own table aliases (``"o"."amount"``), so user expressions
+apply to them verbatim. *Relation* nodes (projections, aggregates, set operations, TopK)
+produce rows with named columns, as a SELECT does; a relation becomes a row node again under
+an alias (``SubqueryScan``: a derived table, a CTE, a view, a subquery of a predicate).
 
 >>> from dvm import sql
 >>> from dvm.catalog import Column, SourceTable
@@ -14,7 +17,7 @@ Project "t"."v"
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sqlglot import exp
@@ -23,33 +26,68 @@ from dvm.catalog import SourceTable
 from dvm.dialect import render
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scan:
     """Rows of one base table under one alias."""
 
     table: SourceTable
     alias: str
     columns: tuple[str, ...]
-    """The columns the query reads (primary key included: it is the row id)."""
+    """The columns the query reads (primary key included)."""
 
 
-@dataclass(frozen=True)
-class Filter:
-    input: Operator
-    predicate: exp.Expr
+@dataclass(frozen=True, eq=False)
+class SubqueryScan:
+    """A relation's rows under an alias, its columns named ``columns``."""
+
+    query: Relation
+    alias: str
+    columns: tuple[str, ...]
+    origin: str = "subquery"
+    """What the user wrote: ``subquery``, ``CTE name``, ``view name``, ``scalar subquery``."""
 
 
 class JoinKind(StrEnum):
-    INNER = "inner"
+    LEFT = "left"
+    RIGHT = "right"
+    FULL = "full"
 
 
-@dataclass(frozen=True)
-class Join:
-    left: Operator
-    right: Operator
+@dataclass(frozen=True, eq=False)
+class InnerJoin:
+    """An inner join of n inputs (cross products included): one node, n delta terms."""
+
+    inputs: tuple[Rows, ...]
     condition: exp.Expr | None
-    """None for a cross product (a comma join keeps its condition in a Filter above)."""
-    kind: JoinKind = JoinKind.INNER
+
+
+@dataclass(frozen=True, eq=False)
+class OuterJoin:
+    kind: JoinKind
+    left: Rows
+    right: Rows
+    condition: exp.Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Filter:
+    input: Rows
+    predicate: exp.Expr
+
+
+@dataclass(frozen=True, eq=False)
+class SemiJoin:
+    """Rows of ``input`` for which a row of ``subquery`` satisfies ``condition`` (anti: none)."""
+
+    input: Rows
+    subquery: SubqueryScan
+    condition: exp.Expr
+    anti: bool
+    written: str
+    """The predicate as the user wrote it: ``EXISTS``, ``NOT IN``, ..."""
+
+
+Rows = Scan | SubqueryScan | InnerJoin | OuterJoin | Filter | SemiJoin
 
 
 @dataclass(frozen=True)
@@ -58,82 +96,163 @@ class Output:
     expression: exp.Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Project:
-    input: Operator
+    input: Rows
     outputs: tuple[Output, ...]
 
-
-class AggregateFunction(StrEnum):
-    COUNT_STAR = "count(*)"
-    COUNT = "count"
-    SUM = "sum"
-    AVG = "avg"
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(output.name for output in self.outputs)
 
 
-class AggregateStrategy(StrEnum):
-    ALGEBRAIC = "algebraic"
-    """New values = old auxiliary values (from storage) + the delta's contribution."""
-    RESCAN = "rescan"
-    """Affected groups are recomputed from the base tables."""
+class AggregateClass(StrEnum):
+    """How an aggregate is maintained (the classification ``explain`` shows)."""
+
+    ALGEBRAIC_INVERTIBLE = "ALGEBRAIC_INVERTIBLE"
+    """New value = old value + the delta's contribution (count, sum of exact numbers)."""
+    ALGEBRAIC_VIA_AUX = "ALGEBRAIC_VIA_AUX"
+    """Computed from invertible auxiliary values kept beside it (avg: sum and count)."""
+    SEMI_ALGEBRAIC = "SEMI_ALGEBRAIC"
+    """Inserts combine; a group is rescanned only when its extreme value leaves (min, max)."""
+    GROUP_RESCAN = "GROUP_RESCAN"
+    """Affected groups are recomputed from the inputs."""
 
 
 @dataclass(frozen=True)
 class AggregateCall:
-    function: AggregateFunction
-    argument: exp.Expr | None
+    name: str
+    """The function as written, lower case: ``count``, ``sum``, ``string_agg`` ..."""
     expression: exp.Expr
     """The call as it appears in the query (what outputs and HAVING refer to)."""
+    argument: exp.Expr | None
+    """The one argument of a plain call (None for ``count(*)`` and complex calls)."""
+    kind: AggregateClass
+    why: str
+    """Why this class: shown by ``explain`` beside the class."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Aggregate:
-    input: Operator
+    """``SELECT outputs FROM input GROUP BY group_by HAVING having`` (also DISTINCT)."""
+
+    input: Rows
     group_by: tuple[exp.Expr, ...]
     calls: tuple[AggregateCall, ...]
     having: exp.Expr | None
-    strategy: AggregateStrategy
-    strategy_reason: str | None = None
+    outputs: tuple[Output, ...]
+    scalar: bool = False
+    """Without GROUP BY: exactly one row, whatever the input."""
+    not_null_keys: bool = False
+    """Every group key is known never to be NULL (affected groups can be found by IN)."""
+    key_types: tuple[str | None, ...] = ()
+    """The group keys' types where known (a type without a hash opclass hashes its text)."""
+    distinct: bool = field(default=False)
+    """Written as SELECT DISTINCT (the keys are the outputs)."""
 
     @property
-    def scalar(self) -> bool:
-        """Without GROUP BY: exactly one row, whatever the input."""
-        return not self.group_by
+    def columns(self) -> tuple[str, ...]:
+        return tuple(output.name for output in self.outputs)
+
+    @property
+    def algebraic(self) -> bool:
+        """Maintainable from auxiliary values in storage when it is the stored relation."""
+        return self.having is None and all(
+            call.kind in (AggregateClass.ALGEBRAIC_INVERTIBLE, AggregateClass.ALGEBRAIC_VIA_AUX)
+            for call in self.calls
+        )
 
 
-Operator = Scan | Filter | Join | Project | Aggregate
+@dataclass(frozen=True, eq=False)
+class UnionAll:
+    inputs: tuple[Relation, ...]
+    columns: tuple[str, ...]
+
+
+class SetKind(StrEnum):
+    INTERSECT = "INTERSECT"
+    EXCEPT = "EXCEPT"
+
+
+@dataclass(frozen=True, eq=False)
+class SetOperation:
+    kind: SetKind
+    all: bool
+    left: Relation
+    right: Relation
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """The first ``limit`` rows of ``input`` in ``order`` (expressions over its columns)."""
+
+    input: Relation
+    order: tuple[exp.Ordered, ...]
+    limit: int
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.input.columns
+
+
+Relation = Project | Aggregate | UnionAll | SetOperation | TopK
+Operator = Rows | Relation
+
+
+def children(node: Operator) -> tuple[Operator, ...]:
+    if isinstance(node, Scan):
+        return ()
+    if isinstance(node, SubqueryScan):
+        return (node.query,)
+    if isinstance(node, InnerJoin):
+        return node.inputs
+    if isinstance(node, OuterJoin | SetOperation):
+        return (node.left, node.right)
+    if isinstance(node, SemiJoin):
+        return (node.input, node.subquery)
+    if isinstance(node, UnionAll):
+        return node.inputs
+    return (node.input,)
 
 
 def scans(node: Operator) -> list[Scan]:
     """The scans under ``node``, left to right."""
     if isinstance(node, Scan):
         return [node]
-    if isinstance(node, Join):
-        return scans(node.left) + scans(node.right)
-    return scans(node.input)
+    return [scan for child in children(node) for scan in scans(child)]
+
+
+def walk(node: Operator) -> list[Operator]:
+    """``node`` and every node under it, root first."""
+    return [node, *(n for child in children(node) for n in walk(child))]
 
 
 def explain_tree(node: Operator) -> list[str]:
     """The tree as indented lines, root first."""
-    lines = [_describe(node)]
-    children = _children(node)
-    for index, child in enumerate(children):
-        last = index == len(children) - 1
+    below = children(node)
+    head, *details = _describe(node)
+    lines = [head, *(("│  " if below else "   ") + line for line in details)]
+    for index, child in enumerate(below):
+        last = index == len(below) - 1
         sub = explain_tree(child)
         lines.append(("└─ " if last else "├─ ") + sub[0])
         lines.extend(("   " if last else "│  ") + line for line in sub[1:])
     return lines
 
 
-def _children(node: Operator) -> list[Operator]:
-    if isinstance(node, Scan):
-        return []
-    if isinstance(node, Join):
-        return [node.left, node.right]
-    return [node.input]
+def _describe(node: Operator) -> list[str]:
+    """A header line, and detail lines for aggregate calls."""
+    if isinstance(node, Aggregate):
+        keys = ", ".join(render(key) for key in node.group_by) or "(none: one row)"
+        word = "Distinct" if node.distinct else "Aggregate"
+        having = f" having {render(node.having)}" if node.having is not None else ""
+        calls = [f"{render(c.expression)}: {c.kind.value} ({c.why})" for c in node.calls]
+        return [f"{word} group by {keys}{having}", *calls]
+    return [_header(node)]
 
 
-def _describe(node: Operator) -> str:
+def _header(node: Operator) -> str:
     if isinstance(node, Scan):
         identity = (
             f"keyed by {', '.join(node.table.primary_key)}" if node.table.keyed else "keyless"
@@ -142,19 +261,27 @@ def _describe(node: Operator) -> str:
             f"Scan {node.table.qualified_name} AS {node.alias} [{identity}]"
             f" reads {', '.join(node.columns)}"
         )
+    if isinstance(node, SubqueryScan):
+        return f"SubqueryScan {node.origin} AS {node.alias} ({', '.join(node.columns)})"
+    if isinstance(node, InnerJoin):
+        on = f" on {render(node.condition)}" if node.condition is not None else " (cross)"
+        return f"Join inner of {len(node.inputs)}{on}"
+    if isinstance(node, OuterJoin):
+        return f"Join {node.kind.value} on {render(node.condition)}"
     if isinstance(node, Filter):
         return f"Filter {render(node.predicate)}"
-    if isinstance(node, Join):
-        on = f" on {render(node.condition)}" if node.condition is not None else " (cross)"
-        return f"Join {node.kind.value}{on}"
+    if isinstance(node, SemiJoin):
+        kind = "Anti" if node.anti else "Semi"
+        return f"{kind}Join [{node.written}] on {render(node.condition)}"
     if isinstance(node, Project):
-        outputs = ", ".join(_output(output) for output in node.outputs)
-        return f"Project {outputs}"
-    keys = ", ".join(render(key) for key in node.group_by) or "(none: one row)"
-    calls = ": " + ", ".join(render(call.expression) for call in node.calls) if node.calls else ""
-    having = f" having {render(node.having)}" if node.having is not None else ""
-    reason = f" ({node.strategy_reason})" if node.strategy_reason else ""
-    return f"Aggregate [{node.strategy.value}{reason}] group by {keys}{calls}{having}"
+        return f"Project {', '.join(_output(output) for output in node.outputs)}"
+    if isinstance(node, UnionAll):
+        return f"UnionAll ({', '.join(node.columns)})"
+    if isinstance(node, SetOperation):
+        return f"{node.kind.value}{' ALL' if node.all else ''} ({', '.join(node.columns)})"
+    assert isinstance(node, TopK), "aggregates are described with their calls"
+    order = ", ".join(render(item) for item in node.order)
+    return f"TopK {node.limit} order by {order}"
 
 
 def _output(output: Output) -> str:

@@ -7,7 +7,7 @@
 >>> plan = compile_query("select v from t", CatalogFacts({("public", "t"): t}), ("public", "st"))
 >>> print(plan.explain())
 refresh: differential
-apply: keyed (row id: hash of the primary key)
+apply: bag (row id: hash of the output values)
 columns: v
 hidden: __pgt_row_id
 sources: public.t (oid 16384) reads id, v
@@ -26,7 +26,7 @@ from sqlglot import exp
 from dvm import apply
 from dvm.catalog import SourceTable
 from dvm.dialect import parse_one, render
-from dvm.operators import Aggregate, Operator, Project, explain_tree, scans
+from dvm.operators import Aggregate, Operator, explain_tree
 from dvm.reason import Reason
 
 ROW_ID_SETTINGS: tuple[tuple[str, str], ...] = (
@@ -75,6 +75,8 @@ class DeltaPlan:
     """(schema, name) of the storage table, as given to ``compile_query``."""
     tree: Operator | None = field(default=None, compare=False)
     """The operator tree of a differentiable plan."""
+    guard_query: str | None = None
+    """One boolean: whether ``delta_query`` is valid for this refresh (TopK); else FULL."""
 
     @property
     def aux_columns(self) -> tuple[str, ...]:
@@ -92,6 +94,8 @@ class DeltaPlan:
             read = ", ".join(self.columns_read.get(source.oid, ()))
             lines.append(f"sources: {source.qualified_name} (oid {source.oid}) reads {read}")
         lines.extend(f"note: {reason}" for reason in self.reasons)
+        if self.guard_query is not None:
+            lines.append("guard: the first rows are checked at each refresh (else full)")
         if self.tree is not None:
             lines.extend(explain_tree(self.tree))
         return "\n".join(lines)
@@ -100,11 +104,9 @@ class DeltaPlan:
         node = self.tree
         if node is None:
             return "hash of the whole row"
-        if isinstance(node, Project) and isinstance(node.input, Aggregate):
-            return "hash of the group key" if node.input.group_by else "constant (one row)"
-        if self.apply_strategy is ApplyStrategy.BAG:
-            return "hash of the output values"
-        return "hash of both rows' ids" if len(scans(node)) > 1 else "hash of the primary key"
+        if isinstance(node, Aggregate) and self.apply_strategy is ApplyStrategy.KEYED:
+            return "hash of the group key values" if node.group_by else "constant (one row)"
+        return "hash of the output values"
 
     def apply_sql(self) -> str:
         """ONE statement applying ``delta_query`` to the storage table.

@@ -1,85 +1,84 @@
-"""Name resolution for a single-level SELECT over base tables.
+"""Name resolution, scope by scope, into the operator tree.
 
-Finds every table in the catalog, qualifies every column with its table's alias, expands
-``*`` and ``t.*``, turns USING and NATURAL into conditions, and names the outputs as
-PostgreSQL would. Unknown tables and columns are :class:`InvalidQuery` errors.
+Every SELECT is a scope: its FROM items (base tables, views expanded to their definitions,
+derived tables, CTEs, parenthesized joins), the scopes around it (a subquery may read the
+columns of an enclosing query: correlation) and the CTEs visible in it. Every column is
+qualified with the alias of the FROM item it belongs to, ``*`` is expanded, USING and NATURAL
+become conditions, and the outputs are named as PostgreSQL names them. Subqueries become
+operators: EXISTS / IN (and their negations) semi- and anti-joins, scalar subqueries joined
+as one-row relations (correlated ones grouped by their correlation keys).
+
+Unknown tables and columns are :class:`InvalidQuery` errors, as the server would report them;
+what cannot be differentiated raises :class:`NotDifferentiable` with every reason found.
 
 >>> from dvm.catalog import CatalogFacts, Column, SourceTable
->>> from dvm.dialect import parse_one, render
+>>> from dvm.dialect import parse_one
+>>> from dvm.operators import explain_tree
 >>> t = SourceTable(1, "public", "t", (Column("id", "integer"), Column("v", "text")), ("id",))
 >>> q = "select *, v || 'x' as w from t where id > 1"
->>> r = resolve_select(parse_one(q), q, CatalogFacts({("public", "t"): t}))
->>> [(o.name, render(o.expression)) for o in r.outputs]
-[('id', '"t"."id"'), ('v', '"t"."v"'), ('w', '"t"."v" || \\'x\\'')]
->>> render(r.where)
-'"t"."id" > 1'
+>>> resolved = resolve(parse_one(q), q, CatalogFacts({("public", "t"): t}))
+>>> print("\\n".join(explain_tree(resolved.tree)))
+Project "t"."id", "t"."v", "t"."v" || 'x' AS w
+└─ Filter "t"."id" > 1
+   └─ Scan public.t AS t [keyed by id] reads id, v
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlglot import exp
 
 from dvm import sql
-from dvm.catalog import CatalogFacts, SourceTable
+from dvm.catalog import CatalogFacts, SourceTable, View
+from dvm.classes import classify
+from dvm.dialect import parse_one, render
 from dvm.errors import InvalidQuery
 from dvm.naming import identifier_name, output_name
-from dvm.operators import Output
+from dvm.operators import (
+    Aggregate,
+    AggregateCall,
+    Filter,
+    InnerJoin,
+    JoinKind,
+    OuterJoin,
+    Output,
+    Project,
+    Relation,
+    Rows,
+    Scan,
+    SemiJoin,
+    SetKind,
+    SetOperation,
+    SubqueryScan,
+    TopK,
+    UnionAll,
+)
+from dvm.reason import Reason
+from dvm.support import aggregate_calls, function_name, volatile_calls
 
 
-class NotResolvable(Exception):
-    """The query's shape is beyond what the resolver understands (it says which construct)."""
+class NotDifferentiable(Exception):
+    """The query can be computed (FULL) but not maintained incrementally; says why."""
 
-    def __init__(self, construct: str, why: str) -> None:
-        super().__init__(f"{construct}: {why}")
-        self.construct = construct
-        self.why = why
+    def __init__(self, reasons: Sequence[Reason]) -> None:
+        super().__init__("; ".join(map(str, reasons)))
+        self.reasons = list(reasons)
+
+
+def _refuse(construct: str, why: str) -> NotDifferentiable:
+    return NotDifferentiable([Reason(construct, why)])
 
 
 @dataclass(frozen=True)
-class Relation:
-    alias: str
-    table: SourceTable
-
-
-@dataclass(frozen=True)
-class JoinStep:
-    """How ``relations[i + 1]`` joins what comes before it."""
-
-    kind: str
-    """``inner``, ``cross`` (also a comma), ``left``, ``right``, ``full``."""
-    condition: exp.Expr | None
-
-
-@dataclass(frozen=True)
-class ResolvedSelect:
-    relations: tuple[Relation, ...]
-    joins: tuple[JoinStep, ...]
-    outputs: tuple[Output, ...]
-    where: exp.Expr | None
-    group_by: tuple[exp.Expr, ...] | None
-    """None without GROUP BY; ordinals and output aliases already replaced by expressions."""
-    having: exp.Expr | None
-    columns_read: Mapping[str, tuple[str, ...]]
-    """Alias -> the columns the query reads of it, in table order."""
-    distinct: str | None = None
-    """``DISTINCT`` or ``DISTINCT ON`` when the query has it."""
-    limited: bool = False
-    """LIMIT, OFFSET or FETCH."""
-    ordered: bool = False
-
-    def relation(self, alias: str) -> Relation:
-        for relation in self.relations:
-            if relation.alias == alias:
-                return relation
-        raise KeyError(alias)
-
-    def column_type(self, column: exp.Column) -> str | None:
-        """The catalog type of a qualified column."""
-        found = self.relation(column.table).table.column(column.name)
-        return found.type if found is not None else None
+class Resolved:
+    tree: Relation
+    notes: tuple[Reason, ...]
+    """Clauses the compiler ignored and why (ORDER BY without LIMIT)."""
+    columns_read: dict[int, tuple[str, ...]]
+    """Source oid -> the columns read of it, in table order."""
+    sources: tuple[SourceTable, ...]
 
 
 def table_name(node: exp.Table) -> tuple[str | None, str]:
@@ -90,14 +89,14 @@ def table_name(node: exp.Table) -> tuple[str | None, str]:
     )
 
 
-def lookup_table(node: exp.Table, catalog: CatalogFacts) -> SourceTable:
+def lookup_relation(node: exp.Table, catalog: CatalogFacts) -> SourceTable | View:
     if node.args.get("catalog") is not None:
         raise InvalidQuery(
             f"cross-database reference {node.sql(dialect='postgres')} is not allowed",
             hint="name tables as schema.table or table",
         )
     schema, name = table_name(node)
-    found = catalog.lookup(schema, name)
+    found = catalog.lookup_relation(schema, name)
     if found is None:
         shown = f"{schema}.{name}" if schema is not None else name
         raise InvalidQuery(
@@ -112,211 +111,813 @@ def lookup_table(node: exp.Table, catalog: CatalogFacts) -> SourceTable:
     return found
 
 
-def resolve_select(select: exp.Select, query: str, catalog: CatalogFacts) -> ResolvedSelect:
-    """Resolve ``select`` (one level: FROM items are tables) against ``catalog``."""
-    return _Resolver(select, query, catalog).resolve()
+def resolve(statement: exp.Expr, query: str, catalog: CatalogFacts) -> Resolved:
+    """The operator tree of ``statement`` (parsed from ``query``) over ``catalog``'s tables."""
+    resolver = _Resolver(query, catalog)
+    tree = resolver.query(statement, None, {}, top=True)
+    columns_read: dict[int, set[str]] = {}
+    tables: dict[int, SourceTable] = {}
+    for entry in resolver.entries:
+        if entry.table is not None:
+            tables.setdefault(entry.table.oid, entry.table)
+            read = columns_read.setdefault(entry.table.oid, set())
+            read.update(entry.read, entry.table.primary_key)
+    return Resolved(
+        tree=tree,
+        notes=tuple(dict.fromkeys(resolver.notes)),
+        columns_read={
+            oid: tuple(c for c in table.column_names() if c in columns_read[oid])
+            for oid, table in tables.items()
+        },
+        sources=tuple(tables.values()),
+    )
+
+
+# -- scopes ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One FROM item: a base table, or a relation under an alias."""
+
+    alias: str
+    columns: tuple[str, ...]
+    types: dict[str, str | None]
+    not_null: frozenset[str]
+    table: SourceTable | None = None
+    relation: Relation | None = None
+    origin: str = "subquery"
+    nullable: bool = False
+    """On the nullable side of an outer join: NOT NULL columns can be NULL here."""
+    read: set[str] = field(default_factory=set)
+
+    def node(self) -> Rows:
+        if self.table is not None:
+            read = self.read | set(self.table.primary_key)
+            columns = tuple(c for c in self.table.column_names() if c in read)
+            return Scan(self.table, self.alias, columns)
+        assert self.relation is not None
+        return SubqueryScan(self.relation, self.alias, self.columns, self.origin)
+
+
+@dataclass(eq=False)
+class _Join:
+    kind: str
+    """``inner``, ``cross``, ``left``, ``right``, ``full``."""
+    left: _From
+    right: _From
+    condition: exp.Expr | None
+
+
+_From = _Entry | _Join
+
+
+@dataclass(eq=False)
+class _Cte:
+    relation: Relation
+    columns: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class _Scope:
+    outer: _Scope | None
+    ctes: dict[str, _Cte]
+    entries: list[_Entry] = field(default_factory=list)
+    merged: dict[str, str] = field(default_factory=dict)
+    """USING/NATURAL column name -> the alias whose column an unqualified name means."""
+    outer_refs: list[exp.Column] = field(default_factory=list)
+    """References to enclosing scopes' columns, collected while qualifying."""
+    joins: list[tuple[str, SubqueryScan, exp.Expr | None]] = field(default_factory=list)
+    """Scalar subqueries joined to the FROM: (kind, relation, condition)."""
+    scalar_columns: list[exp.Column] = field(default_factory=list)
+    """Values of scalar subqueries read by the select list or HAVING."""
+    tree: _From | None = None
+
+    def find(self, alias: str, schema: str | None = None) -> _Entry | None:
+        for entry in self.entries:
+            if entry.alias == alias and (
+                schema is None or (entry.table is not None and entry.table.schema == schema)
+            ):
+                return entry
+        return None
+
+
+def _visible(node: _From) -> list[tuple[str, str]]:
+    """(column, alias) in the order ``*`` lists them."""
+    if isinstance(node, _Entry):
+        return [(name, node.alias) for name in node.columns]
+    return node_visible(node)
+
+
+def node_visible(node: _Join) -> list[tuple[str, str]]:
+    return _visible(node.left) + _visible(node.right)
+
+
+def _entries(node: _From) -> list[_Entry]:
+    if isinstance(node, _Entry):
+        return [node]
+    return _entries(node.left) + _entries(node.right)
 
 
 class _Resolver:
-    def __init__(self, select: exp.Select, query: str, catalog: CatalogFacts) -> None:
-        self.select = select
-        self.query = query
+    def __init__(self, query: str, catalog: CatalogFacts) -> None:
+        self.text = query
         self.catalog = catalog
-        self.relations: list[Relation] = []
-        self.joins: list[JoinStep] = []
-        self.merged: dict[str, str] = {}
-        """USING/NATURAL column name -> the alias whose column an unqualified name means."""
-        self.visible: list[tuple[str, str]] = []
-        """(column, alias) in the order ``*`` lists them."""
-        self.read: dict[str, set[str]] = {}
+        self.entries: list[_Entry] = []
+        self.notes: list[Reason] = []
+        self.counter = 0
+        self.views: list[str] = []
+        self._merged_visible: dict[int, list[tuple[str, str]]] = {}
 
-    def resolve(self) -> ResolvedSelect:
-        from_ = self.select.args.get("from_")
-        if from_ is None:
-            raise NotResolvable("SELECT without FROM", "the query reads no table")
-        self._add_first(from_.this)
-        for join in self.select.args.get("joins") or []:
-            self._add_join(join)
-        outputs = self._outputs()
-        where = self._qualify_optional(self.select.args.get("where"))
-        group_by = self._group_by(outputs)
-        having = self._qualify_optional(self.select.args.get("having"))
-        for ordered in (self.select.args.get("order") or exp.Order()).expressions:
-            self._check_order_item(ordered.this, outputs)
-        for relation in self.relations:
-            for key in relation.table.primary_key:
-                self.read.setdefault(relation.alias, set()).add(key)
-        columns_read = {
-            relation.alias: tuple(
-                name
-                for name in relation.table.column_names()
-                if name in self.read.get(relation.alias, set())
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"__pgt_{prefix}{self.counter}"
+
+    # -- queries ------------------------------------------------------------------------
+
+    def query(
+        self,
+        node: exp.Expr,
+        outer: _Scope | None,
+        ctes: dict[str, _Cte],
+        *,
+        top: bool = False,
+    ) -> Relation:
+        """A query without correlation to ``outer`` (a derived table, CTE or set operand)."""
+        relation, correlation = self.correlated_query(node, outer, ctes, top=top, alias=None)
+        assert not correlation
+        return relation
+
+    def correlated_query(
+        self,
+        node: exp.Expr,
+        outer: _Scope | None,
+        ctes: dict[str, _Cte],
+        *,
+        alias: str | None,
+        top: bool = False,
+        exists: bool = False,
+    ) -> tuple[Relation, list[exp.Expr]]:
+        """The relation of ``node`` and the conditions correlating it with ``outer``.
+
+        Correlation conditions (conjuncts of the WHERE reading enclosing columns) refer to
+        the relation under ``alias``; without an alias, correlation is refused.
+        """
+        if isinstance(node, exp.Subquery):
+            return self.correlated_query(
+                node.this, outer, ctes, alias=alias, top=top, exists=exists
             )
-            for relation in self.relations
-        }
-        return ResolvedSelect(
-            relations=tuple(self.relations),
-            joins=tuple(self.joins),
-            outputs=tuple(outputs),
-            where=where,
-            group_by=group_by,
-            having=having,
-            columns_read=columns_read,
-            distinct=self._distinct(),
-            limited=any(self.select.args.get(key) for key in ("limit", "offset", "fetch")),
-            ordered=self.select.args.get("order") is not None,
+        ctes = self._with(node, outer, ctes)
+        if isinstance(node, exp.SetOperation):
+            relation = self._set_operation(node, outer, ctes)
+            return self._limited(node, relation, [], top=top), []
+        if not isinstance(node, exp.Select):
+            raise _refuse(f"a {node.key.upper()} query", "only SELECT can be differentiated")
+        return self._select(node, outer, ctes, alias=alias, top=top, exists=exists)
+
+    def _with(self, node: exp.Expr, outer: _Scope | None, ctes: dict[str, _Cte]) -> dict[str, _Cte]:
+        with_ = node.args.get("with_")
+        if with_ is None:
+            return ctes
+        if with_.args.get("recursive"):
+            raise _refuse("WITH RECURSIVE", "recursive queries are not differentiable yet")
+        visible = dict(ctes)
+        for cte in with_.expressions:
+            alias = cte.args["alias"]
+            name = identifier_name(alias.this)
+            body = cte.this
+            if not isinstance(body, exp.Select | exp.SetOperation | exp.Subquery):
+                raise _refuse("data-modifying WITH", "a stream table's query only reads")
+            relation = self.query(body, outer, visible)
+            renamed = [identifier_name(c) for c in alias.args.get("columns") or []]
+            columns = tuple(renamed) + relation.columns[len(renamed) :]
+            visible[name] = _Cte(relation, columns)
+        return visible
+
+    def _set_operation(
+        self, node: exp.SetOperation, outer: _Scope | None, ctes: dict[str, _Cte]
+    ) -> Relation:
+        left = self.query(node.this, outer, ctes)
+        right = self.query(node.expression, outer, ctes)
+        word = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}[type(node)]
+        if len(left.columns) != len(right.columns):
+            raise InvalidQuery(
+                f"each {word} query must have the same number of columns",
+                detail=f"{len(left.columns)} columns on the left,"
+                f" {len(right.columns)} on the right",
+            )
+        distinct = bool(node.args.get("distinct", True))
+        columns = left.columns
+        if isinstance(node, exp.Union):
+            inputs = _union_inputs(left) + _union_inputs(right)
+            union = UnionAll(inputs, columns)
+            if not distinct:
+                return union
+            return self._distinct_of(union, "UNION")
+        kind = SetKind.INTERSECT if isinstance(node, exp.Intersect) else SetKind.EXCEPT
+        return SetOperation(kind, not distinct, left, right, columns)
+
+    def _distinct_of(self, relation: Relation, origin: str) -> Aggregate:
+        """DISTINCT rows of ``relation``: grouped by all its columns."""
+        alias = self.fresh("q")
+        scan = SubqueryScan(relation, alias, relation.columns, origin)
+        keys = tuple(sql.col(alias, c) for c in relation.columns)
+        return Aggregate(
+            input=scan,
+            group_by=keys,
+            calls=(),
+            having=None,
+            outputs=tuple(Output(c, k) for c, k in zip(relation.columns, keys, strict=True)),
+            distinct=True,
         )
 
-    def _distinct(self) -> str | None:
-        distinct = self.select.args.get("distinct")
-        if distinct is None:
-            return None
-        return "DISTINCT ON" if distinct.args.get("on") is not None else "DISTINCT"
+    # -- one SELECT -----------------------------------------------------------------------
 
-    # FROM
+    def _select(
+        self,
+        select: exp.Select,
+        outer: _Scope | None,
+        ctes: dict[str, _Cte],
+        *,
+        alias: str | None,
+        top: bool,
+        exists: bool,
+    ) -> tuple[Relation, list[exp.Expr]]:
+        if select.args.get("into") is not None:
+            raise InvalidQuery(
+                "SELECT INTO is not a query",
+                detail="SELECT INTO creates a table",
+                hint="remove the INTO clause: pgtrickle creates the stream table",
+            )
+        if select.args.get("locks"):
+            raise _refuse(
+                "FOR UPDATE/SHARE", "row locking clauses have no meaning in a stream table"
+            )
+        from_ = select.args.get("from_")
+        if from_ is None:
+            raise _refuse("SELECT without FROM", "the query reads no table, nothing to maintain")
+        scope = _Scope(outer, ctes)
+        tree = self._from_list(from_.this, select.args.get("joins") or [], scope)
+        scope.tree = tree
 
-    def _relation(self, node: exp.Expr) -> Relation:
+        # WHERE: plain conjuncts filter; subquery predicates become semi-joins
+        filters: list[exp.Expr] = []
+        semis: list[tuple[exp.Expr, bool]] = []
+        correlation: list[exp.Expr] = []
+        where = select.args.get("where")
+        for conjunct in _conjuncts(where.this) if where is not None else []:
+            if _subquery_predicate(conjunct):
+                semis.append((conjunct, True))
+                continue
+            scope.outer_refs.clear()
+            qualified = self._qualify(conjunct, scope, clause="WHERE")
+            if scope.outer_refs:
+                correlation.append(qualified)
+            else:
+                filters.append(qualified)
+        scope.outer_refs.clear()
+
+        scope.scalar_columns.clear()
+        outputs = self._outputs(select, scope, exists=exists)
+        group_by = self._group_by(select, outputs, scope)
+        having_node = select.args.get("having")
+        having = (
+            self._qualify(having_node.this, scope, clause="HAVING")
+            if having_node is not None
+            else None
+        )
+        if scope.outer_refs:
+            raise _refuse(
+                "correlated reference outside WHERE",
+                "a subquery may read enclosing columns only in its WHERE conjuncts",
+            )
+        scalar_in_outputs = list(scope.scalar_columns)
+
+        calls = self._aggregate_calls(outputs, having)
+        aggregating = group_by is not None or bool(calls)
+        for clause, expressions in (("WHERE", filters + correlation), ("GROUP BY", group_by or ())):
+            for expression in expressions:
+                if aggregate_calls(expression, self.text):
+                    raise InvalidQuery(
+                        f"aggregate functions are not allowed in {clause}",
+                        detail=f"in {render(expression)}",
+                        hint="filter groups with HAVING instead",
+                    )
+        self._check_expressions([o.expression for o in outputs] + filters + correlation)
+        if having is not None:
+            self._check_expressions([having])
+
+        rows: Rows = self._build(tree)
+        for kind, scan, condition in scope.joins:
+            if kind == "inner":
+                rows = InnerJoin((rows, scan), condition)
+            else:
+                rows = OuterJoin(JoinKind.LEFT, rows, scan, condition or exp.true())
+        if filters:
+            rows = Filter(rows, sql.and_all(filters) or exp.true())
+        for conjunct, _ in semis:
+            rows = self._semi_join(rows, conjunct, scope)
+
+        exposed: list[Output] = []
+        if correlation:
+            if alias is None:
+                raise _refuse("correlated subquery", "only subqueries in predicates may correlate")
+            correlation, exposed = self._expose(correlation, scope, alias, aggregating)
+
+        relation: Relation
+        distinct = select.args.get("distinct")
+        if distinct is not None and distinct.args.get("on") is not None:
+            raise _refuse("DISTINCT ON", "not differentiable yet")
+        if aggregating:
+            keys = list(group_by or ())
+            if scalar_in_outputs:
+                if group_by is None:
+                    raise _refuse(
+                        "scalar subquery beside aggregates without GROUP BY",
+                        "not differentiable yet",
+                    )
+                keys.extend(scalar_in_outputs)
+            if exposed:
+                if group_by is not None:
+                    raise _refuse("correlated subquery with GROUP BY", "not differentiable yet")
+                keys.extend(output.expression for output in exposed)
+            self._check_grouped(outputs, having, keys, calls)
+            relation = self._aggregate(
+                rows,
+                tuple(keys),
+                calls,
+                having,
+                tuple(outputs + exposed),
+                scope,
+                scalar=group_by is None and not exposed,
+            )
+            if distinct is not None:
+                relation = self._distinct_of(relation, "SELECT DISTINCT")
+        else:
+            all_outputs = tuple(outputs + exposed)
+            if distinct is not None:
+                relation = self._distinct(rows, all_outputs, scope)
+            else:
+                relation = Project(rows, all_outputs)
+        return self._limited(select, relation, outputs, top=top), correlation
+
+    def _limited(
+        self, node: exp.Expr, relation: Relation, outputs: list[Output], *, top: bool
+    ) -> Relation:
+        """ORDER BY … LIMIT: a TopK; ORDER BY alone: ignored (a table has no row order)."""
+        order = node.args.get("order")
+        limit = node.args.get("limit") or node.args.get("fetch")
+        if node.args.get("offset") is not None:
+            raise _refuse("OFFSET", "TopK with OFFSET is not differentiable yet")
+        if limit is None:
+            if order is not None and top:
+                self.notes.append(Reason("ORDER BY", "ignored, a stream table has no row order"))
+            return relation
+        count = limit.expression if isinstance(limit, exp.Limit) else limit.args.get("count")
+        if not (isinstance(count, exp.Literal) and not count.is_string):
+            raise _refuse("LIMIT with an expression", "only a constant LIMIT is differentiable")
+        if order is None:
+            raise _refuse("LIMIT without ORDER BY", "which rows it keeps is not defined")
+        items = tuple(self._order_item(item, relation, outputs) for item in order.expressions)
+        return TopK(relation, items, int(count.this))
+
+    def _order_item(
+        self, item: exp.Ordered, relation: Relation, outputs: list[Output]
+    ) -> exp.Ordered:
+        """An ORDER BY item as an output column of ``relation``."""
+        target = item.this
+        name: str | None = None
+        if isinstance(target, exp.Literal) and not target.is_string:
+            position = int(target.this)
+            if not 1 <= position <= len(relation.columns):
+                raise InvalidQuery(f"ORDER BY position {position} is not in select list")
+            name = relation.columns[position - 1]
+        elif (
+            isinstance(target, exp.Column)
+            and target.args.get("table") is None
+            and identifier_name(target.args["this"]) in relation.columns
+        ):
+            name = identifier_name(target.args["this"])
+        else:
+            written = render(target)
+            for output in outputs:
+                if (
+                    render(output.expression) == written
+                    or _unqualified(output.expression) == written
+                ):
+                    name = output.name
+        if name is None:
+            raise _refuse(
+                f"ORDER BY {render(target)}",
+                "TopK orders by output columns only: add it to the select list",
+            )
+        return exp.Ordered(
+            this=exp.Column(this=sql.ident(name)),
+            desc=bool(item.args.get("desc")),
+            nulls_first=item.args.get("nulls_first"),
+        )
+
+    # -- FROM -----------------------------------------------------------------------------
+
+    def _from_list(self, first: exp.Expr, joins: list[exp.Join], scope: _Scope) -> _From:
+        tree = self._from_item(first, scope)
+        for join in joins:
+            tree = self._join(tree, join, scope)
+        return tree
+
+    def _from_item(self, node: exp.Expr, scope: _Scope) -> _From:
+        if isinstance(node, exp.Subquery) and not isinstance(node.this, exp.Query):
+            if node.args.get("alias") is not None:
+                raise _refuse("an aliased join", "name the joined tables, not the join")
+            inner = node.this
+            joins = inner.args.get("joins") or []
+            base = inner.copy()
+            base.set("joins", None)
+            return self._from_list(base, joins, scope)
+        if isinstance(node, exp.Subquery):
+            if node.args.get("lateral"):
+                raise _refuse("LATERAL", "not differentiable yet")
+            relation = self.query(node.this, None, scope.ctes)
+            alias_node = node.args.get("alias")
+            alias = self.fresh("sub") if alias_node is None else identifier_name(alias_node.this)
+            return self._relation_entry(
+                relation, alias, relation.columns, alias_node, scope, "subquery"
+            )
+        if isinstance(node, exp.Lateral):
+            raise _refuse("LATERAL", "not differentiable yet")
         if not isinstance(node, exp.Table) or not isinstance(node.args.get("this"), exp.Identifier):
-            kind = "subquery" if isinstance(node, exp.Subquery) else "function or VALUES"
-            raise NotResolvable(f"{kind} in FROM", "only base tables can be differentiated")
+            raise _refuse(
+                "function or VALUES in FROM", "only tables and queries are differentiable"
+            )
         unsupported = sorted(
             key
             for key, value in node.args.items()
-            if value and key not in ("this", "db", "catalog", "alias")
+            if value and key not in ("this", "db", "catalog", "alias", "joins")
         )
         if unsupported:
-            raise NotResolvable(
+            raise _refuse(
                 f"FROM item option {', '.join(unsupported).upper()}",
                 "only plain table references can be differentiated",
             )
-        table = lookup_table(node, self.catalog)
         alias_node = node.args.get("alias")
-        if alias_node is not None and alias_node.columns:
-            raise NotResolvable(
-                "column aliases in FROM", "write the aliases in the select list instead"
+        schema, name = table_name(node)
+        if schema is None and name in scope.ctes:
+            cte = scope.ctes[name]
+            alias = identifier_name(alias_node.this) if alias_node is not None else name
+            return self._relation_entry(
+                cte.relation, alias, cte.columns, alias_node, scope, f"CTE {name}"
             )
-        alias = identifier_name(alias_node.this) if alias_node is not None else table.name
-        if any(existing.alias == alias for existing in self.relations):
+        found = lookup_relation(node, self.catalog)
+        alias = identifier_name(alias_node.this) if alias_node is not None else found.name
+        if isinstance(found, View):
+            relation = self._view(found)
+            return self._relation_entry(
+                relation, alias, found.columns, alias_node, scope, f"view {found.qualified_name}"
+            )
+        if alias_node is not None and alias_node.columns:
+            raise _refuse("column aliases on a table", "write the aliases in the select list")
+        entry = _Entry(
+            alias=alias,
+            columns=found.column_names(),
+            types={c.name: c.type for c in found.columns},
+            not_null=frozenset(c.name for c in found.columns if c.not_null),
+            table=found,
+        )
+        return self._add(entry, scope)
+
+    def _view(self, view: View) -> Relation:
+        if view.qualified_name in self.views:
+            raise InvalidQuery(f'infinite recursion detected in view "{view.name}"')
+        statement = parse_one(view.definition)
+        self.views.append(view.qualified_name)
+        saved = self.text
+        self.text = view.definition
+        try:
+            return self.query(statement, None, {})
+        finally:
+            self.text = saved
+            self.views.pop()
+
+    def _relation_entry(
+        self,
+        relation: Relation,
+        alias: str,
+        columns: tuple[str, ...],
+        alias_node: exp.TableAlias | None,
+        scope: _Scope,
+        origin: str,
+    ) -> _Entry:
+        if len(set(columns)) != len(columns):
+            raise _refuse(
+                f"{origin} with duplicate column names", "give its columns distinct names"
+            )
+        entry = _Entry(
+            alias=alias,
+            columns=columns,
+            types=dict.fromkeys(columns),
+            not_null=frozenset(),
+            relation=relation,
+            origin=origin,
+        )
+        if alias_node is not None and alias_node.columns:
+            self._rename(entry, alias_node)
+        return self._add(entry, scope)
+
+    def _rename(self, entry: _Entry, alias_node: exp.TableAlias) -> None:
+        renamed = [identifier_name(c) for c in alias_node.columns]
+        if len(renamed) > len(entry.columns):
             raise InvalidQuery(
-                f'table name "{alias}" specified more than once',
+                f'table "{entry.alias}" has {len(entry.columns)} columns available but'
+                f" {len(renamed)} columns specified"
+            )
+        entry.columns = tuple(renamed) + entry.columns[len(renamed) :]
+        entry.types = dict.fromkeys(entry.columns)
+
+    def _add(self, entry: _Entry, scope: _Scope) -> _Entry:
+        if scope.find(entry.alias) is not None:
+            raise InvalidQuery(
+                f'table name "{entry.alias}" specified more than once',
                 hint="give each table in FROM a distinct alias",
             )
-        relation = Relation(alias, table)
-        self.relations.append(relation)
-        return relation
+        scope.entries.append(entry)
+        self.entries.append(entry)
+        return entry
 
-    def _add_first(self, node: exp.Expr) -> None:
-        relation = self._relation(node)
-        self.visible = [(name, relation.alias) for name in relation.table.column_names()]
-
-    def _add_join(self, join: exp.Join) -> None:
-        if join.args.get("joins"):
-            raise NotResolvable("parenthesized joins", "write the joins without parentheses")
-        relation = self._relation(join.this)
+    def _join(self, left: _From, join: exp.Join, scope: _Scope) -> _From:
+        right = self._from_item(join.this, scope)
         side = (join.args.get("side") or "").lower()
         kind_word = (join.args.get("kind") or "").lower()
+        natural = (join.args.get("method") or "").lower() == "natural"
+        if kind_word in ("semi", "anti"):
+            raise _refuse(f"{kind_word.upper()} JOIN", "write EXISTS or NOT EXISTS")
+        using = [identifier_name(name) for name in join.args.get("using") or []]
+        if natural:
+            left_names = {name for name, _ in self._visible_of(left)}
+            using = [name for name, _ in self._visible_of(right) if name in left_names]
+        on = join.args.get("on")
         if side:
             kind = side
-        elif kind_word in ("semi", "anti"):
-            kind = kind_word
-        elif kind_word == "cross" or (
-            join.args.get("on") is None
-            and not join.args.get("using")
-            and (join.args.get("method") or "").lower() != "natural"
-        ):
+        elif kind_word == "cross" or (on is None and not using and not natural):
             kind = "cross"
         else:
             kind = "inner"
-        using = [identifier_name(name) for name in join.args.get("using") or []]
-        if (join.args.get("method") or "").lower() == "natural":
-            left_names = {name for name, _ in self.visible}
-            using = [name for name in relation.table.column_names() if name in left_names]
-        condition: exp.Expr | None
+        if kind in ("left", "full"):
+            for entry in _entries(right):
+                entry.nullable = True
+        if kind in ("right", "full"):
+            for entry in _entries(left):
+                entry.nullable = True
+        node = _Join(kind, left, right, None)
         if using:
-            condition = self._using(relation, using)
-        else:
-            self.visible += [(name, relation.alias) for name in relation.table.column_names()]
-            on = join.args.get("on")
-            condition = self._qualify(on) if on is not None else None
-        self.joins.append(JoinStep(kind, condition))
+            node.condition = self._using(node, using, scope)
+        elif on is not None:
+            node.condition = self._qualify(on, scope, clause="JOIN conditions")
+        if node.kind in ("left", "right", "full") and node.condition is None:
+            node.condition = exp.true()
+        return node
 
-    def _using(self, relation: Relation, using: list[str]) -> exp.Expr | None:
+    def _visible_of(self, node: _From) -> list[tuple[str, str]]:
+        if isinstance(node, _Join) and id(node) in self._merged_visible:
+            return self._merged_visible[id(node)]
+        if isinstance(node, _Join):
+            return self._visible_of(node.left) + self._visible_of(node.right)
+        return _visible(node)
+
+    def _using(self, node: _Join, using: list[str], scope: _Scope) -> exp.Expr | None:
+        if node.kind == "full":
+            raise _refuse("FULL JOIN with USING", "write the join with ON")
+        left_visible = self._visible_of(node.left)
+        right_visible = self._visible_of(node.right)
         equalities: list[exp.Expr] = []
         for name in using:
-            owners = [alias for column, alias in self.visible if column == name]
+            owners = [alias for column, alias in left_visible if column == name]
+            right_owners = [alias for column, alias in right_visible if column == name]
             if len(owners) > 1:
                 raise InvalidQuery(
                     f'common column name "{name}" appears more than once in left table',
                     hint="qualify the join with ON instead of USING",
                 )
-            if not owners or relation.table.column(name) is None:
-                side = "left" if not owners else "right"
+            if not owners or not right_owners:
+                which = "left" if not owners else "right"
                 raise InvalidQuery(
-                    f'column "{name}" specified in USING clause does not exist in {side} table',
+                    f'column "{name}" specified in USING clause does not exist in {which} table',
                     hint="USING names columns present in both joined tables",
                 )
-            left_alias = self.merged.get(name, owners[0])
-            self._note_read(left_alias, name)
-            self._note_read(relation.alias, name)
-            equalities.append(sql.col(left_alias, name).eq(sql.col(relation.alias, name)))
-            self.merged[name] = left_alias
-        merged_first = [(name, self.merged[name]) for name in using]
-        rest_left = [(c, a) for c, a in self.visible if c not in using]
-        rest_right = [(c, relation.alias) for c in relation.table.column_names() if c not in using]
-        self.visible = merged_first + rest_left + rest_right
+            left_alias = owners[0]
+            right_alias = right_owners[0]
+            for alias in (left_alias, right_alias):
+                entry = scope.find(alias)
+                if entry is not None:
+                    entry.read.add(name)
+            equalities.append(sql.col(left_alias, name).eq(sql.col(right_alias, name)))
+            # the merged column is the left one, except the right one of a RIGHT JOIN
+            scope.merged[name] = right_alias if node.kind == "right" else left_alias
+        merged = [(name, scope.merged[name]) for name in using]
+        rest = [(c, a) for c, a in left_visible + right_visible if c not in using]
+        self._merged_visible[id(node)] = merged + rest
         return sql.and_all(equalities)
 
-    # columns
+    def _build(self, node: _From) -> Rows:
+        """The row operators of a FROM tree: inner and cross chains as one n-way join."""
+        if isinstance(node, _Entry):
+            return node.node()
+        if node.kind in ("inner", "cross"):
+            inputs: list[Rows] = []
+            conditions: list[exp.Expr] = []
+            self._flatten(node, inputs, conditions)
+            return InnerJoin(tuple(inputs), sql.and_all(conditions))
+        kind = JoinKind(node.kind)
+        assert node.condition is not None
+        return OuterJoin(kind, self._build(node.left), self._build(node.right), node.condition)
 
-    def _note_read(self, alias: str, name: str) -> None:
-        self.read.setdefault(alias, set()).add(name)
+    def _flatten(self, node: _From, inputs: list[Rows], conditions: list[exp.Expr]) -> None:
+        if isinstance(node, _Join) and node.kind in ("inner", "cross"):
+            self._flatten(node.left, inputs, conditions)
+            self._flatten(node.right, inputs, conditions)
+            if node.condition is not None:
+                conditions.append(node.condition)
+            return
+        inputs.append(self._build(node))
 
-    def _column(self, node: exp.Column) -> exp.Expr:
+    # -- subqueries -----------------------------------------------------------------------
+
+    def _semi_join(self, rows: Rows, conjunct: exp.Expr, scope: _Scope) -> Rows:
+        negated = isinstance(conjunct, exp.Not)
+        predicate = conjunct.this if negated else conjunct
+        while isinstance(predicate, exp.Paren):
+            predicate = predicate.this
+        alias = self.fresh("sq")
+        if isinstance(predicate, exp.Exists):
+            relation, correlation = self.correlated_query(
+                predicate.this, scope, scope.ctes, alias=alias, exists=True
+            )
+            condition = sql.and_all(correlation) or exp.true()
+            written = "NOT EXISTS" if negated else "EXISTS"
+        else:
+            assert isinstance(predicate, exp.In)
+            subquery = predicate.args["query"]
+            relation, correlation = self.correlated_query(
+                subquery.this, scope, scope.ctes, alias=alias
+            )
+            left = predicate.this
+            lefts = left.expressions if isinstance(left, exp.Tuple) else [left]
+            values = [self._qualify(value, scope, clause="IN") for value in lefts]
+            width = len(relation.columns) - len(_exposed(relation))
+            if width != len(values):
+                raise InvalidQuery(
+                    "subquery has too many columns"
+                    if width > len(values)
+                    else "subquery has too few columns",
+                    detail=f"{len(values)} values compared with {width} columns",
+                )
+            columns = [sql.col(alias, c) for c in relation.columns[:width]]
+            equal: exp.Expr = (
+                sql.and_all([v.eq(c) for v, c in zip(values, columns, strict=True)]) or exp.true()
+            )
+            if negated and not all(self._not_null(v, scope) for v in values):
+                # x NOT IN (...) is not true when a comparison is unknown: such a row is a
+                # partner too (NOT ((x = y) IS FALSE))
+                equal = exp.Not(this=exp.Is(this=exp.paren(equal), expression=exp.false()))
+            condition = sql.and_all([*correlation, equal]) or exp.true()
+            written = "NOT IN" if negated else "IN"
+        subscan = SubqueryScan(relation, alias, relation.columns, f"{written} subquery")
+        return SemiJoin(rows, subscan, condition, negated, written)
+
+    def _scalar(self, node: exp.Subquery, scope: _Scope) -> exp.Expr:
+        """A scalar subquery: joined to the FROM as a one-row relation, its value a column."""
+        alias = self.fresh("s")
+        relation, correlation = self.correlated_query(node.this, scope, scope.ctes, alias=alias)
+        width = len(relation.columns) - len(_exposed(relation))
+        if width != 1:
+            raise InvalidQuery("subquery must return only one column")
+        value_name = relation.columns[0]
+        value: exp.Expr = sql.col(alias, value_name)
+        scan = SubqueryScan(relation, alias, relation.columns, "scalar subquery")
+        one_row = isinstance(relation, Aggregate) and relation.scalar
+        if correlation:
+            assert isinstance(relation, Aggregate)
+            output = relation.outputs[0].expression
+            if any(call.name == "count" for call in relation.calls):
+                # no rows in the group is count 0, where the join finds no group: NULL
+                if not isinstance(output, exp.Count):
+                    raise _refuse(
+                        "correlated scalar subquery over count()",
+                        "only a plain count() is differentiable there",
+                    )
+                value = sql.coalesce_zero(value)
+            scope.joins.append(("left", scan, sql.and_all(correlation)))
+        else:
+            scope.joins.append(("inner" if one_row else "left", scan, None))
+        scope.scalar_columns.append(sql.col(alias, value_name))
+        return value
+
+    def _expose(
+        self, correlation: list[exp.Expr], scope: _Scope, alias: str, aggregating: bool
+    ) -> tuple[list[exp.Expr], list[Output]]:
+        """Inner columns the correlation reads become outputs ``__pgt_c<n>`` of the
+        subquery; the conditions read them from ``alias``. With aggregates each condition
+        must equate an inner column with enclosing values: the column becomes a group key.
+        """
+        inner = {entry.alias for entry in scope.entries}
+        exposed: dict[str, Output] = {}
+
+        def expose(column: exp.Column) -> exp.Expr:
+            key = render(column)
+            if key not in exposed:
+                exposed[key] = Output(f"__pgt_c{len(exposed) + 1}", column.copy())
+            return sql.col(alias, exposed[key].name)
+
+        rewritten = []
+        for condition in correlation:
+            if aggregating:
+                sides = (
+                    (condition.this, condition.expression) if isinstance(condition, exp.EQ) else ()
+                )
+                if not sides or not any(
+                    isinstance(side, exp.Column)
+                    and side.table in inner
+                    and not any(c.table in inner for c in other.find_all(exp.Column))
+                    for side, other in (sides, sides[::-1])
+                ):
+                    raise _refuse(
+                        "correlated aggregate subquery",
+                        f"only equality correlations are differentiable (got {render(condition)})",
+                    )
+
+            def replace(node: exp.Expr) -> exp.Expr:
+                if isinstance(node, exp.Column) and node.table in inner:
+                    return expose(node)
+                return node
+
+            rewritten.append(condition.copy().transform(replace, copy=False))
+        return rewritten, list(exposed.values())
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def _column(self, node: exp.Column, scope: _Scope) -> exp.Expr:
         name = identifier_name(node.args["this"])
         qualifier = node.args.get("table")
         if qualifier is not None:
             alias = identifier_name(qualifier)
-            schema = node.args.get("db")
-            relation = self._find_alias(alias, identifier_name(schema) if schema else None)
-            if relation is None:
-                raise InvalidQuery(
-                    f'missing FROM-clause entry for table "{alias}"',
-                    detail=f"column reference {node.sql(dialect='postgres')}",
-                    hint="qualify columns with a table name or alias listed in FROM",
-                )
-            if relation.table.column(name) is None:
-                raise _unknown_column(name, [relation])
-            self._note_read(relation.alias, name)
-            return sql.col(relation.alias, name)
-        if name in self.merged:
-            self._note_read(self.merged[name], name)
-            return sql.col(self.merged[name], name)
-        owners = [r for r in self.relations if r.table.column(name) is not None]
-        if len(owners) > 1:
+            schema_node = node.args.get("db")
+            schema = identifier_name(schema_node) if schema_node is not None else None
+            current: _Scope | None = scope
+            while current is not None:
+                entry = current.find(alias, schema)
+                if entry is not None:
+                    if name not in entry.columns:
+                        raise _unknown_column(name, [entry])
+                    return self._read(entry, name, scope, current)
+                current = current.outer
             raise InvalidQuery(
-                f'column reference "{name}" is ambiguous',
-                detail=f"it is a column of {', '.join(r.alias for r in owners)}",
-                hint="qualify the column with its table alias",
+                f'missing FROM-clause entry for table "{alias}"',
+                detail=f"column reference {node.sql(dialect='postgres')}",
+                hint="qualify columns with a table name or alias listed in FROM",
             )
-        if not owners:
-            if any(r.alias == name for r in self.relations):
-                raise NotResolvable("whole-row reference", f'"{name}" stands for a whole row')
-            raise _unknown_column(name, self.relations)
-        self._note_read(owners[0].alias, name)
-        return sql.col(owners[0].alias, name)
+        current = scope
+        while current is not None:
+            if name in current.merged:
+                entry = current.find(current.merged[name])
+                assert entry is not None
+                return self._read(entry, name, scope, current)
+            owners = [e for e in current.entries if name in e.columns]
+            if len(owners) > 1:
+                raise InvalidQuery(
+                    f'column reference "{name}" is ambiguous',
+                    detail=f"it is a column of {', '.join(e.alias for e in owners)}",
+                    hint="qualify the column with its table alias",
+                )
+            if owners:
+                return self._read(owners[0], name, scope, current)
+            if any(e.alias == name for e in current.entries):
+                raise _refuse("whole-row reference", f'"{name}" stands for a whole row')
+            current = current.outer
+        raise _unknown_column(name, scope.entries)
 
-    def _find_alias(self, alias: str, schema: str | None) -> Relation | None:
-        for relation in self.relations:
-            if relation.alias == alias and schema in (None, relation.table.schema):
-                return relation
-        return None
+    def _read(self, entry: _Entry, name: str, scope: _Scope, owner: _Scope) -> exp.Column:
+        entry.read.add(name)
+        column = sql.col(entry.alias, name)
+        if owner is not scope:
+            scope.outer_refs.append(column)
+        return column
 
-    def _qualify(self, expression: exp.Expr) -> exp.Expr:
+    def _qualify(self, expression: exp.Expr, scope: _Scope, *, clause: str) -> exp.Expr:
         def replace(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Column):
                 if isinstance(node.args.get("this"), exp.Star):
-                    raise NotResolvable("t.* inside an expression", "list the columns instead")
-                return self._column(node)
+                    raise _refuse("t.* inside an expression", "list the columns instead")
+                return self._column(node, scope)
+            if isinstance(node, exp.Subquery):
+                return self._scalar(node, scope)
+            if isinstance(node, exp.Exists) or (
+                isinstance(node, exp.In) and node.args.get("query") is not None
+            ):
+                raise _refuse(
+                    f"{'EXISTS' if isinstance(node, exp.Exists) else 'IN'} subquery in {clause}",
+                    "only as a condition ANDed to the WHERE clause",
+                )
+            if isinstance(node, exp.Any | exp.All):
+                raise _refuse("ANY/ALL subquery", "not differentiable yet")
             if isinstance(node, exp.Parameter | exp.Placeholder):
                 raise InvalidQuery(
                     f"parameter {node.sql(dialect='postgres')} in the defining query",
@@ -326,77 +927,267 @@ class _Resolver:
 
         return expression.copy().transform(replace, copy=False)
 
-    def _qualify_optional(self, clause: exp.Expr | None) -> exp.Expr | None:
-        return self._qualify(clause.this) if clause is not None else None
+    def _not_null(self, expression: exp.Expr, scope: _Scope) -> bool:
+        """Known never to be NULL: a NOT NULL column of a table not padded by an outer join."""
+        if not isinstance(expression, exp.Column):
+            return False
+        current: _Scope | None = scope
+        while current is not None:
+            entry = current.find(expression.table)
+            if entry is not None:
+                return not entry.nullable and expression.name in entry.not_null
+            current = current.outer
+        return False
 
-    # outputs, GROUP BY, ORDER BY
+    def _type(self, expression: exp.Expr, scope: _Scope) -> str | None:
+        if not isinstance(expression, exp.Column):
+            return None
+        current: _Scope | None = scope
+        while current is not None:
+            entry = current.find(expression.table)
+            if entry is not None:
+                return entry.types.get(expression.name)
+            current = current.outer
+        return None
 
-    def _outputs(self) -> list[Output]:
+    def _check_expressions(self, expressions: list[exp.Expr]) -> None:
+        reasons = []
+        for expression in expressions:
+            for window in expression.find_all(exp.Window):
+                name = function_name(window.this, self.text)
+                reasons.append(Reason(f"window function {name}()", "not differentiable yet"))
+            for call in volatile_calls(expression, self.text):
+                reasons.append(
+                    Reason(call, "volatile or time-dependent functions change between refreshes")
+                )
+        if reasons:
+            raise NotDifferentiable(list(dict.fromkeys(reasons)))
+
+    # -- outputs, GROUP BY, aggregates --------------------------------------------------------
+
+    def _outputs(self, select: exp.Select, scope: _Scope, *, exists: bool) -> list[Output]:
+        if exists:
+            return []  # what EXISTS selects does not matter, only whether a row is there
         outputs: list[Output] = []
-        for item in self.select.expressions:
+        for item in select.expressions:
             if isinstance(item, exp.Star):
-                for name, alias in self.visible:
-                    self._note_read(alias, name)
-                    outputs.append(Output(name, sql.col(alias, name)))
+                for name, alias in self._star(scope):
+                    outputs.append(Output(name, self._read_alias(scope, alias, name)))
             elif isinstance(item, exp.Column) and isinstance(item.args.get("this"), exp.Star):
                 alias = identifier_name(item.args["table"])
-                relation = self._find_alias(alias, None)
-                if relation is None:
+                entry = scope.find(alias)
+                if entry is None:
                     raise InvalidQuery(f'missing FROM-clause entry for table "{alias}"')
-                for name in relation.table.column_names():
-                    self._note_read(relation.alias, name)
-                    outputs.append(Output(name, sql.col(relation.alias, name)))
+                for name in entry.columns:
+                    outputs.append(Output(name, self._read(entry, name, scope, scope)))
             else:
                 expression = item.this if isinstance(item, exp.Alias) else item
-                outputs.append(Output(output_name(item, self.query), self._qualify(expression)))
+                name = output_name(item, self.text)
+                outputs.append(Output(name, self._qualify(expression, scope, clause="SELECT")))
         return outputs
 
-    def _group_by(self, outputs: list[Output]) -> tuple[exp.Expr, ...] | None:
-        group = self.select.args.get("group")
+    def _star(self, scope: _Scope) -> list[tuple[str, str]]:
+        """``*``: USING columns once, then every other column, in FROM order."""
+        assert scope.tree is not None
+        return self._visible_of(scope.tree)
+
+    def _read_alias(self, scope: _Scope, alias: str, name: str) -> exp.Column:
+        entry = scope.find(alias)
+        assert entry is not None
+        return self._read(entry, name, scope, scope)
+
+    def _group_by(
+        self, select: exp.Select, outputs: list[Output], scope: _Scope
+    ) -> tuple[exp.Expr, ...] | None:
+        group = select.args.get("group")
         if group is None:
             return None
+        for key in ("grouping_sets", "cube", "rollup"):
+            if group.args.get(key):
+                raise _refuse("GROUPING SETS, ROLLUP or CUBE", "only plain GROUP BY")
         keys: list[exp.Expr] = []
         for item in group.expressions:
             if isinstance(item, exp.Rollup | exp.Cube | exp.GroupingSets):
-                raise NotResolvable("GROUPING SETS, ROLLUP or CUBE", "only plain GROUP BY")
-            keys.append(self._output_reference(item, outputs) or self._qualify(item))
-        for key in ("grouping_sets", "cube", "rollup"):
-            if group.args.get(key):
-                raise NotResolvable("GROUPING SETS, ROLLUP or CUBE", "only plain GROUP BY")
+                raise _refuse("GROUPING SETS, ROLLUP or CUBE", "only plain GROUP BY")
+            keys.append(
+                self._output_reference(item, outputs, scope)
+                or self._qualify(item, scope, clause="GROUP BY")
+            )
         return tuple(keys)
 
-    def _output_reference(self, item: exp.Expr, outputs: list[Output]) -> exp.Expr | None:
+    def _output_reference(
+        self, item: exp.Expr, outputs: list[Output], scope: _Scope
+    ) -> exp.Expr | None:
         """An ordinal (``GROUP BY 1``) or an output alias that is not an input column."""
         if isinstance(item, exp.Literal) and not item.is_string:
             position = int(item.this)
             if not 1 <= position <= len(outputs):
-                raise InvalidQuery(f"position {position} is not in select list")
+                raise InvalidQuery(f"GROUP BY position {position} is not in select list")
             return outputs[position - 1].expression.copy()
         if isinstance(item, exp.Column) and item.args.get("table") is None:
             name = identifier_name(item.args["this"])
-            is_input = name in self.merged or any(
-                r.table.column(name) is not None for r in self.relations
-            )
+            is_input = name in scope.merged or any(name in e.columns for e in scope.entries)
             matches = [output for output in outputs if output.name == name]
             if not is_input and len(matches) == 1:
                 return matches[0].expression.copy()
         return None
 
-    def _check_order_item(self, item: exp.Expr, outputs: list[Output]) -> None:
-        if self._output_reference(item, outputs) is None:
-            self._qualify(item)
+    def _aggregate_calls(self, outputs: list[Output], having: exp.Expr | None) -> list[exp.Expr]:
+        found: list[exp.Expr] = []
+        for expression in [o.expression for o in outputs] + (
+            [having] if having is not None else []
+        ):
+            found.extend(aggregate_calls(expression, self.text))
+        return found
+
+    def _check_grouped(
+        self,
+        outputs: list[Output],
+        having: exp.Expr | None,
+        keys: list[exp.Expr],
+        calls: list[exp.Expr],
+    ) -> None:
+        """Columns used outside aggregates and group keys (PostgreSQL allows them when the
+        primary key is grouped, but the compiler does not follow functional dependencies)."""
+        covered = {render(key) for key in keys} | {render(call) for call in calls}
+        reasons = []
+
+        def visit(node: exp.Expr) -> None:
+            if render(node) in covered:
+                return
+            if isinstance(node, exp.Column):
+                reasons.append(
+                    Reason(
+                        f"column {render(node)} outside GROUP BY",
+                        "only grouped columns and aggregates can be differentiated",
+                    )
+                )
+                return
+            for child in node.iter_expressions():
+                visit(child)
+
+        for expression in [o.expression for o in outputs] + ([having] if having else []):
+            visit(expression)
+        if reasons:
+            raise NotDifferentiable(list(dict.fromkeys(reasons)))
+
+    def _aggregate(
+        self,
+        rows: Rows,
+        keys: tuple[exp.Expr, ...],
+        found: list[exp.Expr],
+        having: exp.Expr | None,
+        outputs: tuple[Output, ...],
+        scope: _Scope,
+        *,
+        scalar: bool,
+    ) -> Aggregate:
+        calls: dict[str, AggregateCall] = {}
+        for node in found:
+            calls.setdefault(
+                render(node), classify(node, self.text, lambda e: self._type(e, scope))
+            )
+        return Aggregate(
+            input=rows,
+            group_by=keys,
+            calls=tuple(calls.values()),
+            having=having,
+            outputs=outputs,
+            scalar=scalar,
+            not_null_keys=bool(keys) and all(self._not_null(k, scope) for k in keys),
+            key_types=tuple(self._type(k, scope) for k in keys),
+        )
+
+    def _distinct(self, rows: Rows, outputs: tuple[Output, ...], scope: _Scope) -> Aggregate:
+        keys = tuple(output.expression for output in outputs)
+        return Aggregate(
+            input=rows,
+            group_by=keys,
+            calls=(),
+            having=None,
+            outputs=outputs,
+            not_null_keys=all(self._not_null(k, scope) for k in keys),
+            key_types=tuple(self._type(k, scope) for k in keys),
+            distinct=True,
+        )
 
 
-def _unknown_column(name: str, relations: list[Relation]) -> InvalidQuery:
-    if len(relations) == 1:
-        table = relations[0].table
+def _union_inputs(relation: Relation) -> tuple[Relation, ...]:
+    """UNION ALL of UNION ALLs is one n-ary UNION ALL."""
+    return relation.inputs if isinstance(relation, UnionAll) else (relation,)
+
+
+def _exposed(relation: Relation) -> list[str]:
+    return [c for c in relation.columns if c.startswith("__pgt_c")]
+
+
+def _conjuncts(expression: exp.Expr) -> list[exp.Expr]:
+    while isinstance(expression, exp.Paren):
+        expression = expression.this
+    if isinstance(expression, exp.And):
+        return _conjuncts(expression.this) + _conjuncts(expression.expression)
+    return [expression]
+
+
+def _subquery_predicate(conjunct: exp.Expr) -> bool:
+    """EXISTS, NOT EXISTS, IN (subquery) or NOT IN (subquery)."""
+    node = conjunct.this if isinstance(conjunct, exp.Not) else conjunct
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return isinstance(node, exp.Exists) or (
+        isinstance(node, exp.In) and node.args.get("query") is not None
+    )
+
+
+def _unqualified(expression: exp.Expr) -> str:
+    def strip(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column):
+            return exp.column(node.name)
+        return node
+
+    return render(expression.copy().transform(strip, copy=False))
+
+
+_RESERVED_PREFIX = "__pgt_"
+
+
+def check_output_names(names: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name.startswith(_RESERVED_PREFIX):
+            raise InvalidQuery(
+                f'output column name "{name}" is reserved',
+                detail=f"names starting with {_RESERVED_PREFIX} are pgtrickle's hidden columns",
+                hint="rename the column with AS",
+            )
+        if name in seen:
+            raise InvalidQuery(
+                f'column "{name}" appears more than once in the output',
+                detail="a stream table, like any table, needs distinct column names",
+                hint="give the columns distinct names with AS",
+            )
+        seen.add(name)
+
+
+def _unknown_column(name: str, entries: Sequence[_Entry]) -> InvalidQuery:
+    if len(entries) == 1 and entries[0].table is not None:
+        table = entries[0].table
         return InvalidQuery(
             f'column "{name}" does not exist in table {table.qualified_name}',
             detail=f"{table.qualified_name} has columns: {', '.join(table.column_names())}",
             hint="check the column name (unquoted names are folded to lower case)",
         )
-    tables = ", ".join(f"{r.table.qualified_name} AS {r.alias}" for r in relations)
+    if len(entries) == 1:
+        return InvalidQuery(
+            f"column {entries[0].alias}.{name} does not exist",
+            detail=f"{entries[0].alias} has columns: {', '.join(entries[0].columns)}",
+            hint="check the column name (unquoted names are folded to lower case)",
+        )
+    names = ", ".join(
+        f"{e.table.qualified_name} AS {e.alias}" if e.table is not None else e.alias
+        for e in entries
+    )
     return InvalidQuery(
-        f'column "{name}" does not exist in any of the tables {tables}',
+        f'column "{name}" does not exist in any of {names}',
         hint="check the column name (unquoted names are folded to lower case)",
     )

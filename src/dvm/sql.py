@@ -65,3 +65,31 @@ def and_all(conditions: Sequence[exp.Expr]) -> exp.Expr | None:
     if not conditions:
         return None
     return exp.and_(*[c.copy() for c in conditions], copy=False)
+
+
+UNHASHABLE_TYPES = frozenset(
+    {"money", "bit", "bit varying", "tsvector", "tsquery", "point", "box", "line", "lseg"}
+)
+"""Types without a hash operator class: their values are hashed by their text."""
+
+
+def hashable(type_: str | None) -> bool:
+    """Whether values of ``type_`` (``format_type`` text; None: unknown) hash by equality."""
+    if type_ is None:
+        return True
+    base = type_.split("(")[0].strip().removesuffix("[]")
+    return base not in UNHASHABLE_TYPES
+
+
+def value_hash(values: Sequence[exp.Expr], types: Sequence[str | None] = ()) -> exp.Expr:
+    """A bigint equal for values equal as SQL compares them (``1.0`` and ``1.00``, ``-0.0``
+    and ``0.0``, NULL and NULL): ``hash_record_extended(ROW(values), 0)``, which hashes each
+    value by its type's hash operator class. A value of a type without one is hashed by its
+    text.
+    """
+    kinds = list(types) + [None] * (len(values) - len(types))
+    hashed = [
+        value.copy() if hashable(kind) else cast(value.copy(), "text")
+        for value, kind in zip(values, kinds, strict=True)
+    ]
+    return func("HASH_RECORD_EXTENDED", func("ROW", *hashed), lit(0))

@@ -11,7 +11,7 @@ refused rather than misread.
 >>> plan = stored_plan(compile_query("select v from t", CatalogFacts({("public", "t"): t}),
 ...                                  ("public", "st")))
 >>> plan.apply_strategy, plan.user_columns, dict(plan.columns_read)
-(<ApplyStrategy.KEYED: 'keyed'>, ('v',), {16384: ('id', 'v')})
+(<ApplyStrategy.BAG: 'bag'>, ('v',), {16384: ('id', 'v')})
 >>> StoredPlan.from_json(plan.to_json()) == plan
 True
 """
@@ -28,8 +28,9 @@ from dvm.errors import PgTrickleError
 from dvm.plan import ApplyStrategy, DeltaPlan
 from dvm.reason import Reason
 
-VERSION = 1
-"""The version this code writes. 0 is the untagged document of the first releases."""
+VERSION = 2
+"""The version this code writes. 0 is the untagged document of the first releases; 2 adds
+the guard."""
 
 
 class UnreadablePlan(PgTrickleError, code="PGT211"):
@@ -55,6 +56,8 @@ class StoredPlan:
     differentiable: bool = False
     reasons: tuple[Reason, ...] = ()
     explain: str = ""
+    guard_query: str | None = None
+    """One boolean: whether ``apply_sql`` is valid for this refresh (else refresh fully)."""
 
     @property
     def source_oids(self) -> tuple[int, ...]:
@@ -75,6 +78,7 @@ class StoredPlan:
                 "differentiable": self.differentiable,
                 "reasons": [reason.to_json() for reason in self.reasons],
                 "explain": self.explain,
+                "guard_query": self.guard_query,
             },
             # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
             sort_keys=True,
@@ -84,7 +88,7 @@ class StoredPlan:
     def from_json(cls, document: str | Mapping[str, Any]) -> StoredPlan:
         data: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
         version = data.get("version", 0)
-        if version not in (0, VERSION):
+        if version not in (0, 1, VERSION):
             raise UnreadablePlan(
                 f"the stored plan has version {version}; this pgtrickle reads up to {VERSION}",
                 detail="the stream table was created by a newer version of pgtrickle",
@@ -110,6 +114,7 @@ class StoredPlan:
                 differentiable=bool(data.get("differentiable", False)),
                 reasons=reasons,
                 explain=str(data.get("explain", "")),
+                guard_query=data.get("guard_query"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UnreadablePlan(
@@ -141,4 +146,5 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         differentiable=plan.differentiable,
         reasons=plan.reasons,
         explain=plan.explain(),
+        guard_query=plan.guard_query,
     )

@@ -3,8 +3,6 @@
 A reason reads ``"<construct>: <why>"``; the first part names what the user wrote.
 
 >>> from dvm.dialect import parse_one
->>> shape_reasons(parse_one("select a from t union select a from u"))
-[Reason(construct='UNION', why='set operations are not differentiable yet')]
 >>> volatile_calls(parse_one("select now(), random() from t"), "select now(), random() from t")
 ['now()', 'random()']
 """
@@ -13,9 +11,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from dvm.errors import InvalidQuery, UnsupportedQuery
+from dvm.errors import UnsupportedQuery
 from dvm.naming import fold
-from dvm.reason import Reason
 
 _VOLATILE_NODES: tuple[type[exp.Expr], ...] = (
     exp.Rand,
@@ -157,42 +154,6 @@ def volatile_calls(expression: exp.Expr, query: str) -> list[str]:
         ):
             calls.append(f"{function_name(node, query)}()")
     return calls
-
-
-def shape_reasons(statement: exp.Expr) -> list[Reason]:
-    """Statement-level constructs beyond a single SELECT over base tables."""
-    if isinstance(statement, exp.SetOperation):
-        word = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
-        name = next((w for kind, w in word.items() if isinstance(statement, kind)), "set operation")
-        if not statement.args.get("distinct", True):
-            name += " ALL"
-        return [Reason(name, "set operations are not differentiable yet")]
-    assert isinstance(statement, exp.Select)
-    if statement.args.get("into") is not None:
-        raise InvalidQuery(
-            "SELECT INTO is not a query",
-            detail="SELECT INTO creates a table",
-            hint="remove the INTO clause: pgtrickle creates the stream table",
-        )
-    reasons = []
-    if statement.args.get("with_") is not None:
-        reasons.append(Reason("WITH", "common table expressions are not differentiable yet"))
-    if any(
-        isinstance(node, exp.Select | exp.SetOperation)
-        and node is not statement
-        and not isinstance(node.parent, exp.CTE | exp.SetOperation)
-        for node in statement.walk()
-    ):
-        reasons.append(Reason("subquery", "subqueries are not differentiable yet"))
-    if statement.args.get("locks"):
-        reasons.append(
-            Reason("FOR UPDATE/SHARE", "row locking clauses have no meaning in a stream table")
-        )
-    if statement.args.get("from_") is None:
-        reasons.append(
-            Reason("SELECT without FROM", "the query reads no table, nothing to maintain")
-        )
-    return reasons
 
 
 def check_renderable(statement: exp.Expr) -> None:

@@ -1,17 +1,24 @@
-"""Z-sets as SQL: unions of weighted SELECT terms over base tables and staged deltas.
+"""Z-sets as SQL: what every rule takes in and gives out.
 
-A term is one SELECT over FROM items that keep the query's own table aliases, so user
-expressions apply to it verbatim whether an alias stands for a base table (its state at the
-refresh snapshot) or for the staged delta of that table. A term's weight is its sign times the
-product of its delta items' ``__pgt_w``.
+A *term* is one SELECT's FROM and WHERE: FROM items (cross-joined; an item may be a
+parenthesized join), conditions, and a weight, its sign times the product of the weights of
+its delta items. Items keep the query's own table aliases, so user expressions apply to a
+term verbatim, whether an alias stands for a base table, its state before the refresh, or its
+staged delta.
 
->>> from dvm import sql
+What a rule knows about a node it differentiates:
+
+- ``DerivedRows`` for row nodes (FROM clauses): the new state (at the refresh snapshot) and
+  the old state (at the stream table's frontier) as unweighted terms, and the delta as a union
+  of weighted terms;
+- ``DerivedRelation`` for relation nodes (named columns): new and old state as queries, and
+  the delta as a CTE ``(__pgt_w, columns...)`` of the statement being built (``Context``).
+
 >>> from dvm.dialect import render_pretty
->>> delta = Source("o", sql.table("pg_temp", "__pgt_delta_1"), delta=True)
->>> term = Term((delta,), (), 1, sql.row_hash([sql.col("o", "id")]))
->>> print(render_pretty(term.select([("v", sql.col("o", "v"))], weighted=True)))
+>>> staged = aliased(sql.table("pg_temp", "__pgt_delta_1"), "o")
+>>> delta = Term((staged,), (), (sql.col("o", WEIGHT),))
+>>> print(render_pretty(delta.select([sql.alias(sql.col("o", "v"), "v")], weighted=True)))
 SELECT
-  HASHTEXTEXTENDED(CAST(ROW("o"."id") AS TEXT), 0) AS "__pgt_row_id",
   "o"."__pgt_w" AS "__pgt_w",
   "o"."v" AS "v"
 FROM "pg_temp"."__pgt_delta_1" AS "o"
@@ -20,7 +27,7 @@ FROM "pg_temp"."__pgt_delta_1" AS "o"
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlglot import exp
 
@@ -30,106 +37,142 @@ ROW_ID = "__pgt_row_id"
 WEIGHT = "__pgt_w"
 
 
-@dataclass(frozen=True)
-class Source:
-    """One FROM item of a term: a base table or a staged delta, under the query's alias."""
+def aliased(item: exp.Expr, alias: str, columns: Sequence[str] | None = None) -> exp.Expr:
+    """``item AS alias[(columns)]`` for a table or a subquery."""
+    node = item.copy()
+    if isinstance(node, exp.Query):
+        node = node.subquery()
+    node.set(
+        "alias",
+        exp.TableAlias(
+            this=sql.ident(alias),
+            columns=[sql.ident(c) for c in columns] if columns is not None else None,
+        ),
+    )
+    return node
 
-    alias: str
-    relation: exp.Table
-    delta: bool
+
+def joined(left: exp.Expr, side: str | None, right: exp.Expr, on: exp.Expr) -> exp.Expr:
+    """The parenthesized FROM item ``(left [side] JOIN right ON on)``."""
+    base = left.copy()
+    join = exp.Join(this=right.copy(), on=on.copy())
+    if side is not None:
+        join.set("side", side)
+    base.set("joins", [*(base.args.get("joins") or []), join])
+    return exp.Subquery(this=base)
 
 
 @dataclass(frozen=True)
 class Term:
-    sources: tuple[Source, ...]
-    conditions: tuple[exp.Expr, ...]
-    sign: int
-    row_id: exp.Expr | None
-    """The identity of the term's rows; None when an input has no key (bag semantics)."""
+    items: tuple[exp.Expr, ...]
+    conditions: tuple[exp.Expr, ...] = ()
+    factors: tuple[exp.Expr, ...] = ()
+    sign: int = 1
 
     def weight(self) -> exp.Expr:
-        factors: list[exp.Expr] = [
-            sql.col(source.alias, WEIGHT) for source in self.sources if source.delta
-        ]
-        if not factors:
+        if not self.factors:
             return sql.lit(self.sign)
-        product = factors[0]
-        for factor in factors[1:]:
-            product = exp.Mul(this=product, expression=factor)
+        product: exp.Expr = self.factors[0].copy()
+        for factor in self.factors[1:]:
+            product = exp.Mul(this=product, expression=factor.copy())
         return exp.Neg(this=exp.paren(product)) if self.sign < 0 else product
 
-    def where(self, condition: exp.Expr) -> Term:
-        return Term(self.sources, (*self.conditions, condition), self.sign, self.row_id)
+    def where(self, *conditions: exp.Expr) -> Term:
+        return Term(self.items, (*self.conditions, *conditions), self.factors, self.sign)
 
-    def select(
-        self,
-        outputs: Sequence[tuple[str, exp.Expr]],
-        *,
-        weighted: bool,
-        identified: bool = True,
-    ) -> exp.Select:
-        """``SELECT [row id,] [weight,] outputs FROM sources WHERE conditions``."""
-        columns: list[exp.Expr] = []
-        if identified and self.row_id is not None:
-            columns.append(sql.alias(self.row_id.copy(), ROW_ID))
-        if weighted:
-            columns.append(sql.alias(self.weight(), WEIGHT))
-        columns.extend(sql.alias(expression.copy(), name) for name, expression in outputs)
-        return self.from_where(exp.select(*columns))
+    def times(self, other: Term) -> Term:
+        """The cross product: items, conditions and weights of both."""
+        return Term(
+            self.items + other.items,
+            self.conditions + other.conditions,
+            self.factors + other.factors,
+            self.sign * other.sign,
+        )
+
+    def negated(self) -> Term:
+        return Term(self.items, self.conditions, self.factors, -self.sign)
+
+    def with_items(self, items: tuple[exp.Expr, ...]) -> Term:
+        return Term(items, self.conditions, self.factors, self.sign)
+
+    def as_item(self) -> exp.Expr:
+        """The items as one FROM item (a state has no conditions of its own)."""
+        assert not self.conditions, "only a FROM tree's state is one FROM item"
+        first, *rest = self.items
+        item = first
+        for other in rest:
+            item = joined(item, None, other, exp.true())
+        return item
+
+    def select(self, columns: Sequence[exp.Expr], *, weighted: bool) -> exp.Select:
+        """``SELECT [weight AS __pgt_w,] columns FROM items WHERE conditions``."""
+        listed: list[exp.Expr] = [sql.alias(self.weight(), WEIGHT)] if weighted else []
+        listed.extend(column.copy() for column in columns)
+        return self.from_where(exp.select(*listed))
 
     def from_where(self, select: exp.Select) -> exp.Select:
-        """``select`` with this term's FROM items and conditions added."""
-        first, *rest = self.sources
-        select = select.from_(_aliased(first), copy=False)
-        for source in rest:
-            select = select.join(_aliased(source), copy=False)
+        first, *rest = self.items
+        select = select.from_(first.copy(), copy=False)
+        for item in rest:
+            select = select.join(item.copy(), join_type="cross", copy=False)
         condition = sql.and_all(self.conditions)
         return select.where(condition, copy=False) if condition is not None else select
 
-
-def _aliased(source: Source) -> exp.Table:
-    table = source.relation.copy()
-    table.set("alias", exp.TableAlias(this=sql.ident(source.alias)))
-    return table
-
-
-@dataclass(frozen=True)
-class ZSet:
-    terms: tuple[Term, ...]
-
-    @property
-    def keyed(self) -> bool:
-        return all(term.row_id is not None for term in self.terms)
-
-    def where(self, condition: exp.Expr) -> ZSet:
-        return ZSet(tuple(term.where(condition) for term in self.terms))
-
-    def negate(self) -> ZSet:
-        return ZSet(tuple(Term(t.sources, t.conditions, -t.sign, t.row_id) for t in self.terms))
-
-    def union(self, other: ZSet) -> ZSet:
-        return ZSet(self.terms + other.terms)
-
-    def select(
-        self,
-        outputs: Sequence[tuple[str, exp.Expr]],
-        *,
-        weighted: bool,
-        identified: bool = True,
-    ) -> exp.Query:
-        """All terms' SELECTs combined with UNION ALL."""
-        selects = [
-            term.select(outputs, weighted=weighted, identified=identified) for term in self.terms
-        ]
-        query: exp.Query = selects[0]
-        for select in selects[1:]:
-            query = exp.union(query, select, distinct=False, copy=False)
-        return query
+    def exists(self, condition: exp.Expr | None = None) -> exp.Exists:
+        """``EXISTS (SELECT 1 FROM items WHERE conditions [AND condition])``."""
+        term = self.where(condition) if condition is not None else self
+        return exp.Exists(this=term.select([sql.lit(1)], weighted=False))
 
 
 @dataclass(frozen=True)
-class Derived:
-    """What a rule knows about an operator: its rows at the snapshot, and their change."""
+class DerivedRows:
+    """A row node: its states before and after, and its change."""
 
-    new: ZSet
-    delta: ZSet
+    new: Term
+    old: Term
+    delta: tuple[Term, ...]
+
+
+@dataclass(frozen=True)
+class DerivedRelation:
+    """A relation node: its states as queries, its change as a CTE ``(__pgt_w, columns)``."""
+
+    columns: tuple[str, ...]
+    new: exp.Query
+    old: exp.Query
+    delta: str
+
+
+@dataclass
+class Context:
+    """The statement being built: the CTEs every rule adds, in dependency order."""
+
+    ctes: list[tuple[str, exp.Query]] = field(default_factory=list)
+    counter: int = 0
+
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"__pgt_{prefix}{self.counter}"
+
+    def cte(self, query: exp.Query, prefix: str = "d") -> str:
+        """Add ``query`` as a materialized CTE; its name."""
+        name = self.name(prefix)
+        self.ctes.append((name, query))
+        return name
+
+    def statement(self, final: exp.Select) -> exp.Select:
+        """``WITH <every CTE> final``."""
+        for name, query in self.ctes:
+            final = final.with_(name, as_=query, materialized=True, copy=False)
+        return final
+
+
+def cte_item(name: str, alias: str) -> exp.Expr:
+    return exp.Table(this=sql.ident(name), alias=exp.TableAlias(this=sql.ident(alias)))
+
+
+def union_all(queries: Sequence[exp.Query]) -> exp.Query:
+    query = queries[0]
+    for other in queries[1:]:
+        query = exp.union(query, other, distinct=False, copy=False)
+    return query

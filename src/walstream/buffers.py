@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from dvm.catalog import SourceTable
-from dvm.scan import delta_relation
+from dvm.rules.scan import delta_relation
 from dvm.zset import WEIGHT
 from walstream.locks import APPLY_LOCK
 
@@ -190,10 +190,13 @@ def truncated_query(source: CapturedSource, window: sql.Composable) -> sql.Compo
 def staging_query(
     source: CapturedSource, window: sql.Composable, columns_read: Sequence[str] | None
 ) -> sql.Composed:
-    """Buffer rows in ``window`` as weighted rows ``(w, c0..cN)``: an insert +1 new, a delete
-    -1 old, an update both; their order is that of ``create_staging_table``'s columns.
+    """Buffer rows in ``window`` as weighted rows ``(w, c0..cN)``, netted: one row per value
+    of the columns read (None: all) with the sum of its weights, none where that sum is 0.
+    Their order is that of ``create_staging_table``'s columns.
 
-    An UPDATE that changed the text of no column in ``columns_read`` (None: all) is left out.
+    Netting is what keeps a refresh from evaluating a row version that no snapshot of the
+    query sees: ``UPDATE t SET d = 0`` then ``SET d = 1`` stages no row with ``d = 0``. An
+    UPDATE that changed the text of no column read is left out before that.
     """
     names = value_columns(source)
     n = len(source.columns)
@@ -216,10 +219,19 @@ def staging_query(
         else sql.SQL("false")
     )
     value_names = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
+    identity = sql.SQL("ROW({})::text").format(
+        sql.SQL(", ").join(sql.SQL("v.{}").format(sql.Identifier(f"c{i}")) for i in read)
+        if read
+        else sql.SQL("0")
+    )
     return sql.SQL(
-        "SELECT v.* FROM {buffer} b CROSS JOIN LATERAL (VALUES {values}) AS v(w, {names})"
+        "SELECT n.__pgt_net::integer, {names} FROM (SELECT v.*, sum(v.w) OVER w AS __pgt_net,"
+        " row_number() OVER w AS __pgt_n"
+        " FROM {buffer} b CROSS JOIN LATERAL (VALUES {values}) AS v(w, {names})"
         " WHERE {window} AND CASE b.action WHEN {insert} THEN v.w = 1"
         " WHEN {delete} THEN v.w = -1 ELSE ({changed}) END"
+        " WINDOW w AS (PARTITION BY {identity})) AS n"
+        " WHERE n.__pgt_n = 1 AND n.__pgt_net <> 0"
     ).format(
         buffer=source.buffer,
         values=values,
@@ -228,6 +240,7 @@ def staging_query(
         insert=sql.Literal(BufferAction.INSERT.value),
         delete=sql.Literal(BufferAction.DELETE.value),
         changed=changed,
+        identity=identity,
     )
 
 

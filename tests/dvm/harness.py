@@ -297,9 +297,26 @@ class Maintained:
                         ),
                         (weight, ctid),
                     )
+            self._net(delta, self.plan.columns_read.get(source.oid, ()))
             row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(delta)).fetchone()
             staged += int(row[0]) if row else 0
         return staged
+
+    def _net(self, delta: sql.Identifier, columns: Sequence[str]) -> None:
+        """Net the staged rows per value of the columns read, as the staging does."""
+        identity = sql.SQL("ROW({})::text").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("0")
+        )
+        self.conn.execute(
+            sql.SQL(
+                "WITH n AS (SELECT ctid, sum(__pgt_w) OVER w AS net,"
+                " row_number() OVER w AS k FROM {d} WINDOW w AS (PARTITION BY {i})),"
+                " gone AS (DELETE FROM {d} USING n"
+                " WHERE {d}.ctid = n.ctid AND (n.k > 1 OR n.net = 0))"
+                " UPDATE {d} SET __pgt_w = n.net FROM n"
+                " WHERE {d}.ctid = n.ctid AND n.k = 1 AND n.net <> 0"
+            ).format(d=delta, i=identity)
+        )
 
     def delta_rows(self) -> list[tuple[Any, ...]]:
         assert self.plan.delta_query is not None

@@ -1,0 +1,136 @@
+"""Each aggregate call's class: how it is maintained, and why.
+
+The class follows the aggregate's *result* type, inferred from the argument's expression:
+``sum(CASE WHEN p_type LIKE 'PROMO%' THEN price ELSE 0 END)`` sums numerics, whatever
+``p_type`` is. Sums of floating point values are rescanned: adding and subtracting them in
+another order gives other results.
+
+>>> from dvm.dialect import parse_one
+>>> q = ("select sum(case when t like 'P%' then x else 0 end), avg(x), max(x),"
+...      " string_agg(t, ',') from r")
+>>> types = {"x": "numeric(15,2)", "t": "character varying(25)"}
+>>> for node in parse_one(q).expressions:
+...     call = classify(node, q, lambda e: types.get(e.name) if isinstance(e, exp.Column) else None)
+...     print(call.name, call.kind.value, call.why)
+sum ALGEBRAIC_INVERTIBLE sum of exact numbers
+avg ALGEBRAIC_VIA_AUX sum and count kept beside it
+max GROUP_RESCAN min and max: affected groups are recomputed
+string_agg GROUP_RESCAN its value depends on every row of the group
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlglot import exp
+
+from dvm import sql
+from dvm.operators import AggregateCall, AggregateClass
+from dvm.support import function_name
+
+TypeOf = Callable[[exp.Expr], str | None]
+
+_EXACT_NAMES = (
+    "smallint",
+    "integer",
+    "bigint",
+    "numeric",
+    "decimal",
+    "int",
+    "int2",
+    "int4",
+    "int8",
+)
+_INEXACT_NAMES = ("real", "double precision", "float", "float4", "float8")
+
+
+def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
+    """The class of the aggregate call ``node`` (as parsed from ``query``)."""
+    call = node.this if isinstance(node, exp.Filter) else node
+    name = function_name(call, query)
+    condition = node.expression.this if isinstance(node, exp.Filter) else None
+
+    def rescan(why: str) -> AggregateCall:
+        return AggregateCall(name, node, None, AggregateClass.GROUP_RESCAN, why)
+
+    if not isinstance(call, exp.Count | exp.Sum | exp.Avg):
+        if name in ("min", "max"):
+            return rescan("min and max: affected groups are recomputed")
+        return rescan("its value depends on every row of the group")
+    argument = call.this
+    if isinstance(argument, exp.Distinct):
+        return rescan(f"{name}(DISTINCT ...): affected groups are recomputed")
+    if isinstance(argument, exp.Order) or call.args.get("expressions"):
+        return rescan("ORDER BY or several arguments")
+    if isinstance(call, exp.Count) and isinstance(argument, exp.Star):
+        if condition is None:
+            return AggregateCall(name, node, None, AggregateClass.ALGEBRAIC_INVERTIBLE, "count")
+        # count(*) FILTER (WHERE p) counts the rows where p holds: count(CASE WHEN p THEN 1 END)
+        argument = sql.lit(1)
+    if condition is not None:
+        argument = exp.Case(ifs=[exp.If(this=condition.copy(), true=argument.copy())])
+    if isinstance(call, exp.Count):
+        return AggregateCall(name, node, argument, AggregateClass.ALGEBRAIC_INVERTIBLE, "count")
+    if exactness(argument, type_of) is not True:
+        what = (
+            "floating point"
+            if exactness(argument, type_of) is False
+            else "a type not known to be exact"
+        )
+        return rescan(f"{name} over {what} is inexact")
+    if isinstance(call, exp.Sum):
+        return AggregateCall(
+            name, node, argument, AggregateClass.ALGEBRAIC_INVERTIBLE, "sum of exact numbers"
+        )
+    return AggregateCall(
+        name, node, argument, AggregateClass.ALGEBRAIC_VIA_AUX, "sum and count kept beside it"
+    )
+
+
+def exactness(expression: exp.Expr, type_of: TypeOf) -> bool | None:
+    """True: integer or numeric for sure; False: floating point; None: not known."""
+    if isinstance(expression, exp.Paren | exp.Neg | exp.Abs):
+        return exactness(expression.this, type_of)
+    if isinstance(expression, exp.Null):
+        return True
+    if isinstance(expression, exp.Literal):
+        return None if expression.is_string else True
+    if isinstance(expression, exp.Column):
+        return _type_exactness(type_of(expression))
+    if isinstance(expression, exp.Cast):
+        return _type_exactness(expression.to.sql(dialect="postgres").lower())
+    if isinstance(expression, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
+        return _all([expression.this, expression.expression], type_of)
+    if isinstance(expression, exp.Case):
+        branches = [branch.args["true"] for branch in expression.args.get("ifs") or []]
+        default = expression.args.get("default")
+        return _all(branches + ([default] if default is not None else []), type_of)
+    if isinstance(expression, exp.Coalesce | exp.Greatest | exp.Least):
+        return _all([expression.this, *expression.expressions], type_of)
+    if isinstance(expression, exp.Nullif):
+        return exactness(expression.this, type_of)
+    if isinstance(expression, exp.Extract):
+        return True  # numeric since PostgreSQL 14
+    if isinstance(expression, exp.Round | exp.Floor | exp.Ceil):
+        return exactness(expression.this, type_of)
+    return None
+
+
+def _all(expressions: list[exp.Expr], type_of: TypeOf) -> bool | None:
+    found = [exactness(e, type_of) for e in expressions]
+    if any(f is False for f in found):
+        return False
+    if all(f is True for f in found):
+        return True
+    return None
+
+
+def _type_exactness(type_: str | None) -> bool | None:
+    if type_ is None:
+        return None
+    base = type_.split("(")[0].strip()
+    if base in _EXACT_NAMES:
+        return True
+    if base in _INEXACT_NAMES:
+        return False
+    return None
