@@ -78,6 +78,10 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
             else "a type not known to be exact"
         )
         return rescan(f"{name} over {what} is inexact")
+    if scale(argument, type_of) is None:
+        # a numeric sum shows the largest scale of the values summed (0 + 1.50 is 1.50):
+        # after a delete, only a rescan knows which scales are left
+        return rescan(f"{name} over numeric values of varying scale")
     if isinstance(call, exp.Sum):
         return AggregateCall(
             name, node, argument, AggregateClass.ALGEBRAIC_INVERTIBLE, "sum of exact numbers"
@@ -113,6 +117,48 @@ def exactness(expression: exp.Expr, type_of: TypeOf) -> bool | None:
         return True  # numeric since PostgreSQL 14
     if isinstance(expression, exp.Round | exp.Floor | exp.Ceil):
         return exactness(expression.this, type_of)
+    return None
+
+
+def scale(expression: exp.Expr, type_of: TypeOf) -> int | None:
+    """The number of decimal digits every value of ``expression`` has, when it is fixed."""
+    if isinstance(expression, exp.Paren | exp.Neg | exp.Abs):
+        return scale(expression.this, type_of)
+    if isinstance(expression, exp.Literal) and not expression.is_string:
+        text = str(expression.this)
+        return len(text.split(".")[1]) if "." in text and "e" not in text.lower() else 0
+    if isinstance(expression, exp.Column):
+        return _type_scale(type_of(expression))
+    if isinstance(expression, exp.Cast):
+        return _type_scale(expression.to.sql(dialect="postgres").lower())
+    if isinstance(expression, exp.Add | exp.Sub):
+        left, right = scale(expression.this, type_of), scale(expression.expression, type_of)
+        return None if left is None or right is None else max(left, right)
+    if isinstance(expression, exp.Mul):
+        left, right = scale(expression.this, type_of), scale(expression.expression, type_of)
+        return None if left is None or right is None else left + right
+    if isinstance(expression, exp.Case | exp.Coalesce):
+        if isinstance(expression, exp.Case):
+            branches = [branch.args["true"] for branch in expression.args.get("ifs") or []]
+            default = expression.args.get("default")
+            branches += [default] if default is not None else []
+        else:
+            branches = [expression.this, *expression.expressions]
+        scales = {scale(b, type_of) for b in branches if not isinstance(b, exp.Null)}
+        return scales.pop() if len(scales) == 1 else None
+    return None
+
+
+def _type_scale(type_: str | None) -> int | None:
+    if type_ is None:
+        return None
+    base, _, modifier = type_.partition("(")
+    base = base.strip()
+    if base in ("smallint", "integer", "bigint", "int", "int2", "int4", "int8"):
+        return 0
+    if base in ("numeric", "decimal") and modifier:
+        parts = modifier.rstrip(")").split(",")
+        return int(parts[1]) if len(parts) == 2 else 0
     return None
 
 

@@ -135,6 +135,9 @@ def aggregate_calls(expression: exp.Expr, query: str) -> list[exp.Expr]:
     def visit(node: exp.Expr) -> None:
         if isinstance(node, exp.Window):
             return
+        if isinstance(node, exp.Filter) and is_aggregate(node.this, query):
+            found.append(node)  # count(*) FILTER (WHERE ...) is one call, FILTER included
+            return
         if is_aggregate(node, query):
             found.append(node)
             return

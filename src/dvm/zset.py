@@ -96,12 +96,14 @@ class Term:
         return Term(items, self.conditions, self.factors, self.sign)
 
     def as_item(self) -> exp.Expr:
-        """The items as one FROM item (a state has no conditions of its own)."""
-        assert not self.conditions, "only a FROM tree's state is one FROM item"
+        """The items as one FROM item: a join whose last ON holds the conditions."""
         first, *rest = self.items
+        assert rest or not self.conditions, "a FROM tree's state of one item has no conditions"
         item = first
-        for other in rest:
-            item = joined(item, None, other, exp.true())
+        for index, other in enumerate(rest):
+            last = index == len(rest) - 1
+            on = sql.and_all(self.conditions) if last and self.conditions else exp.true()
+            item = joined(item, None, other, on or exp.true())
         return item
 
     def select(self, columns: Sequence[exp.Expr], *, weighted: bool) -> exp.Select:

@@ -322,11 +322,26 @@ class Maintained:
         assert self.plan.delta_query is not None
         return self.conn.execute(sql.SQL(self.plan.delta_query)).fetchall()
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Apply the delta (or recompute when the plan's guard says it does not hold);
+        whether the delta was applied."""
         with self.conn.transaction():
-            self.conn.execute(sql.SQL(self.plan.apply_sql()))
+            applied = True
+            if self.plan.guard_query is not None:
+                row = self.conn.execute(sql.SQL(self.plan.guard_query)).fetchone()
+                applied = bool(row and row[0])
+            if applied:
+                self.conn.execute(sql.SQL(self.plan.apply_sql()))
+            else:
+                self.conn.execute(sql.SQL("DELETE FROM {}").format(self.storage))
+                self.conn.execute(
+                    sql.SQL("INSERT INTO {} {}").format(
+                        self.storage, sql.SQL(self.plan.storage_query)
+                    )
+                )
             self.check("after refresh")
         self.conn.commit()
+        return applied
 
     def check(self, when: str) -> None:
         """Storage equals the query (as text rows, a multiset) and its own recomputation."""

@@ -98,6 +98,155 @@ SHAPES = {
         " GROUP BY t.tag HAVING sum(e.v) > 3",
         ["events", "tags"],
     ),
+    # joins of any kind and number
+    "join_three": (
+        "SELECT o.id, c.name, t.tag FROM orders o JOIN customers c ON o.cid = c.id"
+        " JOIN tags t ON t.cid = c.id",
+        ["orders", "customers", "tags"],
+    ),
+    "join_left": (
+        "SELECT o.id, o.qty, c.name FROM orders o LEFT JOIN customers c ON o.cid = c.id",
+        ["orders", "customers"],
+    ),
+    "join_right_keyless": (
+        "SELECT e.kind, t.tag FROM events e RIGHT JOIN tags t ON e.v = t.cid",
+        ["events", "tags"],
+    ),
+    "join_full_non_equi": (
+        "SELECT o.id, c.id AS c FROM orders o FULL JOIN customers c"
+        " ON o.cid = c.id AND o.qty > c.id",
+        ["orders", "customers"],
+    ),
+    "join_nested_parenthesized": (
+        "SELECT o.id, c.name, t.tag FROM orders o LEFT JOIN (customers c JOIN tags t"
+        " ON t.cid = c.id) ON o.cid = c.id",
+        ["orders", "customers", "tags"],
+    ),
+    "join_left_then_inner": (
+        "SELECT o.id, c.region, t.tag FROM orders o LEFT JOIN customers c ON o.cid = c.id"
+        " JOIN tags t ON t.cid = o.cid",
+        ["orders", "customers", "tags"],
+    ),
+    "join_using_natural": (
+        "SELECT * FROM events NATURAL JOIN tags",
+        ["events", "tags"],
+    ),
+    "join_left_aggregate": (
+        "SELECT c.id, count(o.id) AS n, sum(o.qty) FROM customers c"
+        " LEFT JOIN orders o ON o.cid = c.id GROUP BY c.id",
+        ["customers", "orders"],
+    ),
+    # subqueries
+    "derived_table": (
+        "SELECT s.cid, s.q2 FROM (SELECT cid, qty * 2 AS q2 FROM orders WHERE qty > 1) AS s"
+        " WHERE s.q2 < 12",
+        ["orders"],
+    ),
+    "derived_aggregate_grouped_again": (
+        "SELECT n, count(*) AS customers FROM (SELECT cid, count(*) AS n FROM orders"
+        " GROUP BY cid) AS per (cid, n) GROUP BY n",
+        ["orders"],
+    ),
+    "cte_used_twice": (
+        "WITH big AS (SELECT cid, sum(qty) AS total FROM orders GROUP BY cid)"
+        " SELECT b.cid, b.total FROM big b WHERE b.total = (SELECT max(total) FROM big)",
+        ["orders"],
+    ),
+    "exists": (
+        "SELECT c.id, c.name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o"
+        " WHERE o.cid = c.id AND o.qty > 3)",
+        ["customers", "orders"],
+    ),
+    "not_exists": (
+        "SELECT c.id FROM customers c WHERE NOT EXISTS (SELECT * FROM orders o WHERE o.cid = c.id)",
+        ["customers", "orders"],
+    ),
+    "in_subquery": (
+        "SELECT id, qty FROM orders WHERE cid IN (SELECT id FROM customers WHERE region = 'north')",
+        ["orders", "customers"],
+    ),
+    "not_in_with_nulls": (
+        "SELECT id FROM orders WHERE cid NOT IN (SELECT cid FROM tags)",
+        ["orders", "tags"],
+    ),
+    "in_grouped_having": (
+        "SELECT id, cid FROM orders WHERE cid IN (SELECT cid FROM orders GROUP BY cid"
+        " HAVING sum(qty) > 15)",
+        ["orders"],
+    ),
+    "scalar_uncorrelated": (
+        "SELECT id, qty FROM orders WHERE qty > (SELECT avg(qty) FROM orders)",
+        ["orders"],
+    ),
+    "scalar_correlated": (
+        "SELECT o.id FROM orders o WHERE o.qty < (SELECT 0.8 * avg(p.qty) FROM orders p"
+        " WHERE p.cid = o.cid)",
+        ["orders"],
+    ),
+    "scalar_correlated_count": (
+        "SELECT c.id, (SELECT count(*) FROM orders o WHERE o.cid = c.id) AS n FROM customers c",
+        ["customers", "orders"],
+    ),
+    "scalar_in_select": (
+        "SELECT id, qty - (SELECT min(qty) FROM orders) AS above FROM orders",
+        ["orders"],
+    ),
+    "having_scalar_subquery": (
+        "SELECT cid, sum(qty) FROM orders GROUP BY cid"
+        " HAVING sum(qty) > (SELECT sum(qty) / 8 FROM orders)",
+        ["orders"],
+    ),
+    # aggregates of every class
+    "min_max": (
+        "SELECT cid, min(qty), max(amount), min(note) AS first_note FROM orders GROUP BY cid",
+        ["orders"],
+    ),
+    "distinct_and_filter_aggregates": (
+        "SELECT cid, count(DISTINCT qty) AS kinds, count(*) FILTER (WHERE qty > 3) AS many,"
+        " sum(amount) FILTER (WHERE note = 'a') AS sa FROM orders GROUP BY cid",
+        ["orders"],
+    ),
+    "rescanned_aggregates": (
+        "SELECT kind, bool_and(v > 1), bool_or(v > 3), every(v < 4),"
+        " string_agg(coalesce(v::text, '-'), ',' ORDER BY v, w), array_agg(v ORDER BY v, w),"
+        " json_agg(w ORDER BY w, v), stddev(v), variance(v) FROM events GROUP BY kind",
+        ["events"],
+    ),
+    "case_in_sum": (
+        "SELECT note, sum(CASE WHEN cid > 3 THEN amount ELSE 0 END) AS big,"
+        " 100.00 * sum(CASE WHEN note LIKE 'a%' THEN qty ELSE 0 END) / nullif(sum(qty), 0) AS pct"
+        " FROM orders GROUP BY note",
+        ["orders"],
+    ),
+    # DISTINCT and set operations
+    "distinct": ("SELECT DISTINCT cid, qty > 3 AS big FROM orders", ["orders"]),
+    "distinct_keyless": ("SELECT DISTINCT kind, v FROM events", ["events"]),
+    "union": ("SELECT cid FROM orders UNION SELECT cid FROM tags", ["orders", "tags"]),
+    "union_all": (
+        "SELECT cid, 'o' AS side FROM orders UNION ALL SELECT cid, tag FROM tags",
+        ["orders", "tags"],
+    ),
+    "intersect": ("SELECT cid FROM orders INTERSECT SELECT cid FROM tags", ["orders", "tags"]),
+    "intersect_all": (
+        "SELECT cid FROM orders INTERSECT ALL SELECT cid FROM tags",
+        ["orders", "tags"],
+    ),
+    "except": ("SELECT cid FROM orders EXCEPT SELECT cid FROM tags", ["orders", "tags"]),
+    "except_all": (
+        "SELECT cid FROM tags EXCEPT ALL SELECT cid FROM orders",
+        ["orders", "tags"],
+    ),
+    # TopK
+    "top_k": ("SELECT id, qty, amount FROM orders ORDER BY qty DESC, id LIMIT 5", ["orders"]),
+    "top_k_aggregate": (
+        "SELECT cid, sum(qty) AS total FROM orders GROUP BY cid ORDER BY total DESC, cid LIMIT 3",
+        ["orders"],
+    ),
+    # row identity by value
+    "numeric_keys_by_value": (
+        "SELECT amount / 1 AS a, count(*) FROM orders GROUP BY 1",
+        ["orders"],
+    ),
 }
 
 

@@ -20,7 +20,7 @@ def first_rows(node: TopK, state: exp.Query) -> exp.Select:
     inner = (
         exp.select(*[sql.col("__pgt_o", c) for c in node.columns])
         .from_(aliased(state.subquery(), "__pgt_o", node.columns))
-        .order_by(*[_qualified(item, "__pgt_o") for item in node.order], copy=False)
+        .order_by(*[qualified(item, "__pgt_o") for item in node.order], copy=False)
         .limit(node.limit, copy=False)
     )
     return exp.select(*[sql.col("__pgt_l", c) for c in node.columns]).from_(
@@ -28,7 +28,7 @@ def first_rows(node: TopK, state: exp.Query) -> exp.Select:
     )
 
 
-def _qualified(item: exp.Ordered, alias: str) -> exp.Ordered:
+def qualified(item: exp.Ordered, alias: str) -> exp.Ordered:
     """An ORDER BY item over the columns of ``alias`` (items name output columns)."""
 
     def qualify(node: exp.Expr) -> exp.Expr:
