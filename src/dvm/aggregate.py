@@ -39,6 +39,13 @@ class _Argument:
     number: int
     expression: exp.Expr
     summed: bool
+    scales: tuple[int, ...] = ()
+    """Several possible scales of a numeric argument: a count of values per scale is kept for
+    each but the smallest, so that the sum shows the scale PostgreSQL's would."""
+
+    @property
+    def scale_counts(self) -> list[tuple[int, str]]:
+        return [(scale, f"__pgt_sc{self.number}_{scale}") for scale in self.scales[1:]]
 
     @property
     def sum(self) -> str:
@@ -58,7 +65,12 @@ def _arguments(node: Aggregate) -> list[_Argument]:
         summed = call.name in ("sum", "avg")
         previous = found.get(key)
         number = previous.number if previous else len(found) + 1
-        found[key] = _Argument(number, call.argument, summed or bool(previous and previous.summed))
+        found[key] = _Argument(
+            number,
+            call.argument,
+            summed or bool(previous and previous.summed),
+            call.scales or (previous.scales if previous else ()),
+        )
     return list(found.values())
 
 
@@ -69,7 +81,20 @@ def aux_columns(node: Aggregate) -> tuple[str, ...]:
     columns = [COUNT]
     for argument in _arguments(node):
         columns.extend([argument.sum, argument.nonnull] if argument.summed else [argument.nonnull])
+        columns.extend(name for _, name in argument.scale_counts)
     return tuple(columns)
+
+
+def _of_scale(x: exp.Expr, scale: int, then: exp.Expr) -> exp.Expr:
+    """``CASE WHEN scale(x) = scale THEN then END``."""
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=sql.func("SCALE", x.copy()), expression=sql.lit(scale)),
+                true=then,
+            )
+        ]
+    )
 
 
 def group_id(node: Aggregate, keys: Sequence[exp.Expr]) -> exp.Expr:
@@ -89,6 +114,9 @@ def storage_query(node: Aggregate, input: DerivedRows) -> exp.Select:
             if argument.summed:
                 columns.append(sql.alias(exp.Sum(this=argument.expression.copy()), argument.sum))
             columns.append(sql.alias(exp.Count(this=argument.expression.copy()), argument.nonnull))
+            for scale, name in argument.scale_counts:
+                counted = _of_scale(argument.expression, scale, sql.lit(1))
+                columns.append(sql.alias(exp.Count(this=counted), name))
     return grouped(node, input.new, columns)
 
 
@@ -144,6 +172,9 @@ def _delta_per_group(
             # bigint and numeric
             weighted = exp.Mul(this=x.copy(), expression=weight.copy())
             columns.append(sql.alias(exp.Sum(this=weighted), f"__pgt_ds{argument.number}"))
+        for scale, name in argument.scale_counts:
+            per_scale = sql.coalesce_zero(exp.Sum(this=_of_scale(x, scale, weight.copy())))
+            columns.append(sql.alias(per_scale, _delta_name(name)))
     select = exp.select(*columns).from_(cte_item(changes, "i"))
     if keys:
         select = select.group_by(*[sql.col(None, key) for key in keys], copy=False)
@@ -174,13 +205,17 @@ def _new_state(
         if not argument.summed:
             continue
         summed = sql.coalesce_zero(delta(f"__pgt_ds{argument.number}"))
-        total = exp.Add(this=old(argument.sum), expression=summed)
+        total: exp.Expr = exp.Add(this=old(argument.sum), expression=summed)
+        counts: dict[str, exp.Expr] = {}
+        for _, name in argument.scale_counts:
+            added_count = delta(_delta_name(name))
+            counts[name] = exp.Add(this=old(name), expression=added_count)
+            columns.append(sql.alias(counts[name].copy(), name))
+            changed.append(_nonzero(added_count.copy()))
+        total = _scaled(argument, exp.paren(total), counts)
         none_left = exp.EQ(this=nonnull.copy(), expression=sql.lit(0))
-        columns.append(
-            sql.alias(
-                exp.Case(ifs=[exp.If(this=none_left, true=exp.Null())], default=total), argument.sum
-            )
-        )
+        new_sum = exp.Case(ifs=[exp.If(this=none_left, true=exp.Null())], default=total)
+        columns.append(sql.alias(new_sum, argument.sum))
         changed.append(_nonzero(summed.copy()))
     return (
         exp.select(*columns)
@@ -224,7 +259,7 @@ def _new_value_replacements(
     node: Aggregate, arguments: list[_Argument], keys: list[str]
 ) -> dict[str, exp.Expr]:
     """Rendered group key or aggregate call -> its value in the new state ``n``."""
-    numbers = {render(a.expression): a.number for a in arguments}
+    numbers = {render(a.expression): a for a in arguments}
     replacements: dict[str, exp.Expr] = {}
     for key, column in zip(node.group_by, keys, strict=True):
         replacements.setdefault(render(key), sql.col("n", column))
@@ -233,19 +268,45 @@ def _new_value_replacements(
     return replacements
 
 
-def _call_value(call: AggregateCall, numbers: dict[str, int]) -> exp.Expr:
+def _call_value(call: AggregateCall, numbers: dict[str, _Argument]) -> exp.Expr:
     if call.argument is None:
         return sql.col("n", COUNT)
-    number = numbers[render(call.argument)]
+    argument = numbers[render(call.argument)]
+    number = argument.number
     if call.name == "count":
         return sql.col("n", f"__pgt_nn_{number}")
-    total = sql.col("n", f"__pgt_sum_{number}")
+    total = sql.col("n", argument.sum)
     if call.name == "sum":
         return total
     # PostgreSQL's avg of integers and numerics is numeric_div(sum, count), exactly this.
     return exp.paren(
         exp.Div(this=sql.cast(total, "numeric"), expression=sql.col("n", f"__pgt_nn_{number}"))
     )
+
+
+def _delta_name(name: str) -> str:
+    return "__pgt_d" + name.removeprefix("__pgt_")
+
+
+def _scaled(argument: _Argument, total: exp.Expr, counts: dict[str, exp.Expr]) -> exp.Expr:
+    """``total`` shown with the largest scale among the values counted in ``counts`` (the new
+    count of values per scale), as PostgreSQL's sum shows it."""
+    if not argument.scale_counts:
+        return total
+    largest = argument.scales[-1]
+    ifs = [
+        exp.If(
+            this=exp.GT(this=counts[name].copy(), expression=sql.lit(0)),
+            true=(
+                total.copy()
+                if scale == largest
+                else sql.func("ROUND", total.copy(), sql.lit(scale))
+            ),
+        )
+        for scale, name in reversed(argument.scale_counts)
+    ]
+    smallest = sql.func("ROUND", total.copy(), sql.lit(argument.scales[0]))
+    return exp.Case(ifs=ifs, default=smallest)
 
 
 def _rewrite(expression: exp.Expr, replacements: dict[str, exp.Expr]) -> exp.Expr:

@@ -12,7 +12,7 @@ another order gives other results.
 >>> for node in parse_one(q).expressions:
 ...     call = classify(node, q, lambda e: types.get(e.name) if isinstance(e, exp.Column) else None)
 ...     print(call.name, call.kind.value, call.why)
-sum ALGEBRAIC_INVERTIBLE sum of exact numbers
+sum ALGEBRAIC_VIA_AUX values of scales 0 and 2: a count per scale kept beside it
 avg ALGEBRAIC_VIA_AUX sum and count kept beside it
 max GROUP_RESCAN min and max: affected groups are recomputed
 string_agg GROUP_RESCAN its value depends on every row of the group
@@ -78,10 +78,21 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
             else "a type not known to be exact"
         )
         return rescan(f"{name} over {what} is inexact")
-    if scale(argument, type_of) is None:
-        # a numeric sum shows the largest scale of the values summed (0 + 1.50 is 1.50):
-        # after a delete, only a rescan knows which scales are left
-        return rescan(f"{name} over numeric values of varying scale")
+    possible = scales(argument, type_of)
+    if possible is None:
+        # a numeric sum shows the largest scale of the values summed (0 + 1.50 is 1.50)
+        return rescan(f"{name} over numeric values of unknown scale")
+    if len(possible) > 1:
+        # which scales are left after a delete is known from a count of values per scale
+        listed = " and ".join(map(str, sorted(possible)))
+        return AggregateCall(
+            name,
+            node,
+            argument,
+            AggregateClass.ALGEBRAIC_VIA_AUX,
+            f"values of scales {listed}: a count per scale kept beside it",
+            tuple(sorted(possible)),
+        )
     if isinstance(call, exp.Sum):
         return AggregateCall(
             name, node, argument, AggregateClass.ALGEBRAIC_INVERTIBLE, "sum of exact numbers"
@@ -120,23 +131,30 @@ def exactness(expression: exp.Expr, type_of: TypeOf) -> bool | None:
     return None
 
 
-def scale(expression: exp.Expr, type_of: TypeOf) -> int | None:
-    """The number of decimal digits every value of ``expression`` has, when it is fixed."""
+def scales(expression: exp.Expr, type_of: TypeOf) -> frozenset[int] | None:
+    """The numbers of decimal digits the values of ``expression`` can have, when known."""
     if isinstance(expression, exp.Paren | exp.Neg | exp.Abs):
-        return scale(expression.this, type_of)
+        return scales(expression.this, type_of)
     if isinstance(expression, exp.Literal) and not expression.is_string:
         text = str(expression.this)
-        return len(text.split(".")[1]) if "." in text and "e" not in text.lower() else 0
-    if isinstance(expression, exp.Column):
-        return _type_scale(type_of(expression))
-    if isinstance(expression, exp.Cast):
-        return _type_scale(expression.to.sql(dialect="postgres").lower())
-    if isinstance(expression, exp.Add | exp.Sub):
-        left, right = scale(expression.this, type_of), scale(expression.expression, type_of)
-        return None if left is None or right is None else max(left, right)
-    if isinstance(expression, exp.Mul):
-        left, right = scale(expression.this, type_of), scale(expression.expression, type_of)
-        return None if left is None or right is None else left + right
+        return frozenset(
+            {len(text.split(".")[1]) if "." in text and "e" not in text.lower() else 0}
+        )
+    if isinstance(expression, exp.Column | exp.Cast):
+        type_ = (
+            type_of(expression)
+            if isinstance(expression, exp.Column)
+            else expression.to.sql(dialect="postgres").lower()
+        )
+        fixed = _type_scale(type_)
+        return frozenset({fixed}) if fixed is not None else None
+    if isinstance(expression, exp.Add | exp.Sub | exp.Mul):
+        left, right = scales(expression.this, type_of), scales(expression.expression, type_of)
+        if left is None or right is None:
+            return None
+        if isinstance(expression, exp.Mul):
+            return frozenset(a + b for a in left for b in right)
+        return frozenset(max(a, b) for a in left for b in right)
     if isinstance(expression, exp.Case | exp.Coalesce):
         if isinstance(expression, exp.Case):
             branches = [branch.args["true"] for branch in expression.args.get("ifs") or []]
@@ -144,8 +162,15 @@ def scale(expression: exp.Expr, type_of: TypeOf) -> int | None:
             branches += [default] if default is not None else []
         else:
             branches = [expression.this, *expression.expressions]
-        scales = {scale(b, type_of) for b in branches if not isinstance(b, exp.Null)}
-        return scales.pop() if len(scales) == 1 else None
+        found: set[int] = set()
+        for branch in branches:
+            if isinstance(branch, exp.Null):
+                continue
+            of_branch = scales(branch, type_of)
+            if of_branch is None:
+                return None
+            found |= of_branch
+        return frozenset(found) if found else None
     return None
 
 

@@ -140,7 +140,9 @@ def _differential(
         guard = render(topk.guard_query(root, _derived(root.input, checking), checking, storage))
         strategy = ApplyStrategy.BAG
     else:
-        storage_query = full.storage_query(statement, names)
+        unordered = statement.copy()
+        unordered.set("order", None)  # a table has no row order: no sort to populate it
+        storage_query = full.storage_query(unordered, names)
         changes = _derived(root, context).delta
         values = [sql.col("d", name) for name in names]
         identified = exp.select(

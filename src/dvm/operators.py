@@ -130,6 +130,8 @@ class AggregateCall:
     kind: AggregateClass
     why: str
     """Why this class: shown by ``explain`` beside the class."""
+    scales: tuple[int, ...] = ()
+    """For a numeric sum whose values have one of several scales: those scales, ascending."""
 
 
 @dataclass(frozen=True, eq=False)

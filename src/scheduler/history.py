@@ -36,6 +36,8 @@ class RefreshResult:
     delta_rows: int = 0
     rows_changed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    """Why the refresh ran in another way than the stream table's mode."""
 
 
 def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshResult) -> None:
@@ -45,9 +47,9 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
     conn.execute(
         "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
         " finished_at, frontier_lsn, delta_rows, rows_changed, snapshot_ms, wait_ms,"
-        " stage_ms, apply_ms, commit_ms, total_ms) VALUES (%s, %s, %s,"
+        " stage_ms, apply_ms, commit_ms, total_ms, reason) VALUES (%s, %s, %s,"
         " clock_timestamp() - make_interval(secs => %s / 1000.0), clock_timestamp(),"
-        " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             st_id,
             result.action.value,
@@ -62,6 +64,7 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
             t.get("apply_ms"),
             t.get("commit_ms"),
             t.get("total_ms"),
+            result.reason,
         ),
     )
 

@@ -244,6 +244,13 @@ class Refresher:
         t0 = time.perf_counter()
         if truncated:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
+        elif staged and not self._guard_holds(st):
+            result.reason = "TopK: a row that was not among the stored first rows came in"
+            log.warning(
+                "recomputing the first rows", stream_table=st.display_name, reason=result.reason
+            )
+            result.delta_rows = staged
+            result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged:
             result.action = RefreshAction.DIFFERENTIAL
             result.delta_rows = staged
@@ -251,6 +258,13 @@ class Refresher:
         else:
             result.action = RefreshAction.NO_DATA
         timings["apply_ms"] = _ms(t0)
+
+    def _guard_holds(self, st: StreamTable) -> bool:
+        """Whether the plan's delta is valid for this refresh (a plan without a guard: yes)."""
+        if st.plan.guard_query is None:
+            return True
+        row = self.conn.execute(st.plan.guard_query.encode()).fetchone()
+        return bool(row and row[0])
 
     def _apply_delta(self, st: StreamTable) -> int:
         apply_sql = st.plan.apply_sql

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from dvm.catalog import CatalogFacts, Column, SourceTable
+from dvm.catalog import CatalogFacts, Column, SourceTable, View
 from dvm.plan import RefreshMode
 from dvm.stored import StoredPlan
 from walstream.errors import NotFound
@@ -55,9 +55,27 @@ def catalog_facts(conn: psycopg.Connection[Any]) -> CatalogFacts:
         )
         for oid, schema, name, names, types, notnull, pk in rows
     }
+    view_rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, pg_get_viewdef(c.oid),
+               array_agg(a.attname ORDER BY a.attnum)
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind = 'v'
+           AND n.nspname <> ALL (%s)
+           AND n.nspname NOT LIKE 'pg\\_%%'
+         GROUP BY c.oid, n.nspname, c.relname
+        """,
+        (list(_INTERNAL_SCHEMAS),),
+    ).fetchall()
+    views = {
+        (schema, name): View(schema, name, definition, tuple(columns))
+        for schema, name, definition, columns in view_rows
+    }
     path_row = conn.execute("SELECT current_schemas(false)").fetchone()
     search_path = tuple(path_row[0]) if path_row else ("public",)
-    return CatalogFacts(tables=tables, search_path=search_path)
+    return CatalogFacts(tables=tables, search_path=search_path, views=views)
 
 
 class StreamTableStatus(StrEnum):

@@ -162,34 +162,10 @@ def test_interval_literals_that_sqlglot_would_mangle_are_refused() -> None:
 
 
 REFUSED = [
-    ("SELECT DISTINCT cid FROM orders", "DISTINCT"),
     ("SELECT DISTINCT ON (cid) cid, id FROM orders", "DISTINCT ON"),
-    ("SELECT id FROM orders ORDER BY id LIMIT 5", "LIMIT"),
-    ("SELECT id FROM orders OFFSET 5", "LIMIT/OFFSET"),
-    ("SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON o.cid = c.id", "LEFT JOIN"),
-    ("SELECT o.id, c.name FROM orders o RIGHT JOIN customers c ON o.cid = c.id", "RIGHT JOIN"),
-    ("SELECT o.id, c.name FROM orders o FULL JOIN customers c ON o.cid = c.id", "FULL JOIN"),
-    (
-        "SELECT o.id FROM orders o JOIN customers c ON o.cid = c.id JOIN events e ON true",
-        "join of 3 tables",
-    ),
-    ("SELECT id FROM orders WHERE cid IN (SELECT id FROM customers)", "subquery"),
-    (
-        "SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = o.cid)",
-        "subquery",
-    ),
-    ("SELECT * FROM (SELECT id FROM orders) AS s", "subquery"),
-    ("WITH s AS (SELECT id FROM orders) SELECT * FROM s", "WITH"),
-    ("SELECT id FROM orders UNION SELECT id FROM customers", "UNION"),
-    ("SELECT id FROM orders UNION ALL SELECT id FROM customers", "UNION"),
-    ("SELECT id FROM orders INTERSECT SELECT id FROM customers", "INTERSECT"),
-    ("SELECT id FROM orders EXCEPT SELECT id FROM customers", "EXCEPT"),
+    ("SELECT id FROM orders ORDER BY id OFFSET 5", "OFFSET"),
+    ("SELECT id FROM orders LIMIT 5", "LIMIT without ORDER BY"),
     ("SELECT id, row_number() OVER (ORDER BY id) FROM orders", "window function row_number()"),
-    ("SELECT cid, min(qty) FROM orders GROUP BY cid", "aggregate min()"),
-    ("SELECT cid, string_agg(note, ',') FROM orders GROUP BY cid", "aggregate string_agg()"),
-    ("SELECT cid, bool_and(qty > 1) FROM orders GROUP BY cid", "aggregate bool_and()"),
-    ("SELECT cid, count(DISTINCT qty) FROM orders GROUP BY cid", "count(DISTINCT"),
-    ("SELECT cid, count(*) FILTER (WHERE qty > 1) FROM orders GROUP BY cid", "FILTER"),
     ("SELECT id, random() AS r FROM orders", "random()"),
     ("SELECT id, now() AS t FROM orders", "now()"),
     ("SELECT id FROM orders WHERE current_timestamp > '2020-01-01'", "current_timestamp()"),
@@ -200,9 +176,15 @@ REFUSED = [
     ("SELECT cid FROM orders GROUP BY GROUPING SETS ((cid), ())", "GROUPING SETS"),
     ("SELECT 1 AS one", "SELECT without FROM"),
     ("SELECT x FROM generate_series(1, 3) AS x", "function or VALUES in FROM"),
-    ("SELECT * FROM orders AS o(a, b)", "column aliases in FROM"),
+    ("SELECT * FROM orders AS o(a, b)", "column aliases on a table"),
     ("SELECT id, qty FROM orders GROUP BY id", "outside GROUP BY"),
-    ("SELECT o FROM orders o", "whole-row reference"),
+    ("WITH RECURSIVE r AS (SELECT 1 AS n) SELECT n FROM r", "WITH RECURSIVE"),
+    ("SELECT id FROM orders o WHERE o.qty > 1 OR EXISTS (SELECT 1 FROM customers)", "EXISTS"),
+    ("SELECT id FROM orders WHERE qty = ANY (SELECT qty FROM orders)", "ANY/ALL"),
+    (
+        "SELECT c.id, (SELECT max(o.qty) FROM orders o WHERE o.cid > c.id) FROM customers c",
+        "correlated aggregate subquery",
+    ),
 ]
 
 
@@ -226,9 +208,11 @@ def test_differential_mode_refuses_with_message_detail_and_hint(query: str, cons
 
 
 def test_auto_mode_falls_back_to_full_with_the_reason() -> None:
-    mode, reasons = effective_mode(plan("SELECT DISTINCT cid FROM orders"), RefreshMode.AUTO)
+    mode, reasons = effective_mode(
+        plan("SELECT DISTINCT ON (cid) cid FROM orders"), RefreshMode.AUTO
+    )
     assert mode is RefreshMode.FULL
-    assert [reason.construct for reason in reasons] == ["DISTINCT"]
+    assert [reason.construct for reason in reasons] == ["DISTINCT ON"]
 
 
 def test_auto_mode_is_differential_when_possible() -> None:
@@ -261,9 +245,16 @@ def test_full_only_plans_name_their_outputs_even_through_subqueries_and_ctes() -
 
 
 def test_full_only_plans_of_set_operations_take_the_first_branch_names() -> None:
-    compiled = plan("SELECT id AS k FROM orders UNION SELECT id FROM customers")
-    assert compiled.user_columns == ("k",)
+    compiled = plan("SELECT id AS k, random() FROM orders UNION SELECT id, 1 FROM customers")
+    assert not compiled.differentiable
+    assert compiled.user_columns == ("k", "random")
     assert compiled.apply_strategy is ApplyStrategy.BAG
+
+
+def test_set_operations_take_the_first_branch_names() -> None:
+    compiled = plan("SELECT id AS k FROM orders UNION SELECT id FROM customers")
+    assert compiled.differentiable
+    assert compiled.user_columns == ("k",)
 
 
 def test_full_only_star_over_a_table_function_cannot_be_named() -> None:
@@ -284,14 +275,14 @@ def test_order_by_without_limit_is_accepted_and_noted() -> None:
 def test_having_recomputes_affected_groups() -> None:
     compiled = plan("SELECT cid, sum(qty) FROM orders GROUP BY cid HAVING count(*) > 1")
     assert compiled.differentiable
-    assert Reason("HAVING", "affected groups are recomputed") in compiled.reasons
     assert compiled.hidden_columns == ("__pgt_row_id",)
+    assert compiled.apply_strategy is ApplyStrategy.KEYED
 
 
 def test_a_float_sum_recomputes_affected_groups() -> None:
     compiled = plan("SELECT kind, sum(w) FROM events GROUP BY kind")
     assert compiled.differentiable
-    assert any("sum(w) over double precision is inexact" in str(r) for r in compiled.reasons)
+    assert "GROUP_RESCAN (sum over floating point is inexact)" in compiled.explain()
 
 
 def test_integer_and_numeric_sums_keep_auxiliary_columns() -> None:
@@ -376,8 +367,7 @@ def test_delta_relations_are_named_by_oid() -> None:
 
 def test_user_identifiers_are_always_quoted_in_generated_sql() -> None:
     compiled = plan('SELECT "select" FROM sales."Odd" WHERE "select" > 0')
-    assert '"sales"."Odd"' in compiled.storage_query
-    assert '"select"' in (compiled.delta_query or "")
+    assert '"Odd"."select"' in (compiled.delta_query or "")
 
 
 def test_date_part_is_kept_as_written() -> None:
@@ -387,4 +377,4 @@ def test_date_part_is_kept_as_written() -> None:
 
 def test_apply_sql_of_a_full_only_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="not differentiable"):
-        plan("SELECT DISTINCT cid FROM orders").apply_sql()
+        plan("SELECT DISTINCT ON (cid) cid FROM orders").apply_sql()

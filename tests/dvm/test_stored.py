@@ -36,12 +36,10 @@ def test_a_plan_reads_back_equal_to_itself_whatever_the_order_of_its_keys() -> N
 
 
 def test_reasons_are_kept_as_data() -> None:
-    distinct = plan("SELECT DISTINCT status FROM orders")
+    distinct = plan("SELECT DISTINCT ON (status) status FROM orders")
     assert distinct.apply_strategy is ApplyStrategy.BAG and not distinct.differentiable
     back = StoredPlan.from_json(distinct.to_json())
-    assert back.reasons == (
-        Reason("DISTINCT", "not differentiable yet (needs row multiplicities)"),
-    )
+    assert back.reasons == (Reason("DISTINCT ON", "not differentiable yet"),)
 
 
 def test_a_document_of_the_first_release_is_read_by_its_own_rule() -> None:
