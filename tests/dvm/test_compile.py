@@ -8,7 +8,6 @@ from dvm.catalog import CatalogFacts, Column, SourceTable
 from dvm.compile import compile_query, delta_relation, effective_mode
 from dvm.errors import InvalidQuery, UnsupportedQuery
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
-from dvm.reason import Reason
 
 ORDERS = SourceTable(
     100,

@@ -105,7 +105,7 @@ def test_applying_the_same_declarations_again_changes_nothing(shop: Database) ->
         + one(
             "totals", "SELECT status, count(*) AS n, sum(amount) AS s FROM orders GROUP BY status"
         )
-        + one("statuses", "SELECT DISTINCT status FROM orders")
+        + one("statuses", "SELECT DISTINCT ON (status) status FROM orders")
     )
     apply_text(shop.dsn, text)
     revisions = scalar(
@@ -212,13 +212,15 @@ def test_a_query_that_is_not_a_single_select_is_refused(shop: Database, query: s
 
 
 def test_differential_refuses_an_unsupported_construct_naming_it(shop: Database) -> None:
-    error = refused(shop.dsn, one("x", "SELECT DISTINCT status FROM orders", mode="differential"))
+    error = refused(
+        shop.dsn, one("x", "SELECT DISTINCT ON (status) status FROM orders", mode="differential")
+    )
     assert isinstance(error, UnsupportedQuery)
     assert "DISTINCT" in error.message
 
 
 def test_auto_falls_back_to_full_and_records_why(shop: Database) -> None:
-    apply_text(shop.dsn, one("x", "SELECT DISTINCT status FROM orders"))
+    apply_text(shop.dsn, one("x", "SELECT DISTINCT ON (status) status FROM orders"))
     assert scalar(shop.dsn, "SELECT effective_refresh_mode FROM pgtrickle.stream_tables") == "full"
     reason = scalar(shop.dsn, "SELECT fallback_reason FROM pgtrickle.stream_tables")
     assert isinstance(reason, str) and "DISTINCT" in reason

@@ -67,6 +67,7 @@ def test_a_catalog_and_plans_of_the_first_release_are_upgraded_and_keep_refreshi
         # what the first release left: no revision column, plans without a version whose
         # reasons are "construct: why" strings
         conn.execute("ALTER TABLE pgtrickle.stream_tables DROP COLUMN revision")
+        conn.execute("ALTER TABLE pgtrickle.refresh_history DROP COLUMN reason")
         conn.execute("DELETE FROM pgtrickle.schema_migrations WHERE version >= 2")
         conn.execute(
             "UPDATE pgtrickle.stream_tables SET plan = (plan - 'version') || jsonb_build_object("
@@ -74,12 +75,12 @@ def test_a_catalog_and_plans_of_the_first_release_are_upgraded_and_keep_refreshi
             " '[]') FROM jsonb_array_elements(plan->'reasons') r))"
         )
         conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 20")
-    assert [m.version for m in migrate(db.dsn)] == [2]
+    assert [m.version for m in migrate(db.dsn)] == [2, 3]
     with psycopg.connect(db.dsn) as conn:
         tables = {st.name: st for st in list_stream_tables(conn)}
     assert {st.revision for st in tables.values()} == {1}
     assert [str(r) for r in tables["statuses"].plan.reasons] == [
-        "DISTINCT: not differentiable yet (needs row multiplicities)"
+        "DISTINCT ON: not differentiable yet"
     ]
     position = SlotPosition(db.dsn)
     try:
@@ -97,5 +98,5 @@ stream_tables:
     query: SELECT id, amount FROM orders WHERE status = 'paid'
     refresh_mode: differential
   - name: statuses
-    query: SELECT DISTINCT status FROM orders
+    query: SELECT DISTINCT ON (status) status FROM orders
 """
