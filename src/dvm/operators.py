@@ -94,6 +94,9 @@ Rows = Scan | SubqueryScan | InnerJoin | OuterJoin | Filter | SemiJoin
 class Output:
     name: str
     expression: exp.Expr
+    type: str | None = None
+    """What the compiler knows of the value's type (``format_type`` text), for a relation
+    read by an enclosing query: exactness and scale decide how its sums are kept."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +107,10 @@ class Project:
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(output.name for output in self.outputs)
+
+    @property
+    def types(self) -> tuple[str | None, ...]:
+        return tuple(output.type for output in self.outputs)
 
 
 class AggregateClass(StrEnum):
@@ -155,6 +162,10 @@ class Aggregate:
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(output.name for output in self.outputs)
+
+    @property
+    def types(self) -> tuple[str | None, ...]:
+        return tuple(output.type for output in self.outputs)
 
     @property
     def algebraic(self) -> bool:

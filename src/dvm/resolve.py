@@ -32,7 +32,7 @@ from sqlglot import exp
 
 from dvm import sql
 from dvm.catalog import CatalogFacts, SourceTable, View
-from dvm.classes import classify
+from dvm.classes import classify, exactness, scales
 from dvm.dialect import parse_one, render
 from dvm.errors import InvalidQuery
 from dvm.naming import identifier_name, output_name
@@ -614,7 +614,7 @@ class _Resolver:
         entry = _Entry(
             alias=alias,
             columns=columns,
-            types=dict.fromkeys(columns),
+            types=dict(zip(columns, _types_of(relation), strict=True)),
             not_null=frozenset(),
             relation=relation,
             origin=origin,
@@ -630,8 +630,9 @@ class _Resolver:
                 f'table "{entry.alias}" has {len(entry.columns)} columns available but'
                 f" {len(renamed)} columns specified"
             )
+        types = [entry.types.get(c) for c in entry.columns]
         entry.columns = tuple(renamed) + entry.columns[len(renamed) :]
-        entry.types = dict.fromkeys(entry.columns)
+        entry.types = dict(zip(entry.columns, types, strict=True))
 
     def _add(self, entry: _Entry, scope: _Scope) -> _Entry:
         if scope.find(entry.alias) is not None:
@@ -950,6 +951,28 @@ class _Resolver:
             current = current.outer
         return None
 
+    def _output_type(self, expression: exp.Expr, scope: _Scope) -> str | None:
+        """The type of an output as far as exactness and scale go: a column's own type, an
+        exact number of one scale as ``numeric(1000,s)``, floating point, or unknown."""
+        if isinstance(expression, exp.Column):
+            return self._type(expression, scope)
+        argument = expression
+        if isinstance(expression, exp.Count):
+            return "bigint"
+        if isinstance(expression, exp.Sum | exp.Min | exp.Max):
+            argument = expression.this
+
+        def type_of(node: exp.Expr) -> str | None:
+            return self._type(node, scope)
+
+        exact = exactness(argument, type_of)
+        if exact is False:
+            return "double precision"
+        found = scales(argument, type_of)
+        if exact and found is not None and len(found) == 1:
+            return f"numeric(1000,{next(iter(found))})"
+        return None
+
     def _check_expressions(self, expressions: list[exp.Expr]) -> None:
         reasons = []
         for expression in expressions:
@@ -972,18 +995,21 @@ class _Resolver:
         for item in select.expressions:
             if isinstance(item, exp.Star):
                 for name, alias in self._star(scope):
-                    outputs.append(Output(name, self._read_alias(scope, alias, name)))
+                    column = self._read_alias(scope, alias, name)
+                    outputs.append(Output(name, column, self._type(column, scope)))
             elif isinstance(item, exp.Column) and isinstance(item.args.get("this"), exp.Star):
                 alias = identifier_name(item.args["table"])
                 entry = scope.find(alias)
                 if entry is None:
                     raise InvalidQuery(f'missing FROM-clause entry for table "{alias}"')
                 for name in entry.columns:
-                    outputs.append(Output(name, self._read(entry, name, scope, scope)))
+                    column = self._read(entry, name, scope, scope)
+                    outputs.append(Output(name, column, self._type(column, scope)))
             else:
                 expression = item.this if isinstance(item, exp.Alias) else item
                 name = output_name(item, self.text)
-                outputs.append(Output(name, self._qualify(expression, scope, clause="SELECT")))
+                qualified = self._qualify(expression, scope, clause="SELECT")
+                outputs.append(Output(name, qualified, self._output_type(qualified, scope)))
         return outputs
 
     def _star(self, scope: _Scope) -> list[tuple[str, str]]:
@@ -1110,6 +1136,14 @@ class _Resolver:
             key_types=tuple(self._type(k, scope) for k in keys),
             distinct=True,
         )
+
+
+def _types_of(relation: Relation) -> tuple[str | None, ...]:
+    if isinstance(relation, Project | Aggregate):
+        return relation.types
+    if isinstance(relation, TopK):
+        return _types_of(relation.input)
+    return (None,) * len(relation.columns)
 
 
 def _union_inputs(relation: Relation) -> tuple[Relation, ...]:
