@@ -26,7 +26,7 @@ from sqlglot import exp
 from dvm import apply
 from dvm.catalog import SourceTable
 from dvm.dialect import parse_one, render
-from dvm.operators import Aggregate, Operator, explain_tree
+from dvm.operators import Aggregate, AggregateClass, Operator, explain_tree, walk
 from dvm.reason import Reason
 
 ROW_ID_SETTINGS: tuple[tuple[str, str], ...] = (
@@ -99,6 +99,17 @@ class DeltaPlan:
         if self.tree is not None:
             lines.extend(explain_tree(self.tree))
         return "\n".join(lines)
+
+    def aggregate_classes(self) -> list[tuple[str, AggregateClass, str]]:
+        """(call as written, class, why) of every aggregate the plan maintains."""
+        if self.tree is None:
+            return []
+        return [
+            (render(call.expression), call.kind, call.why)
+            for node in walk(self.tree)
+            if isinstance(node, Aggregate)
+            for call in node.calls
+        ]
 
     def _row_identity(self) -> str:
         node = self.tree

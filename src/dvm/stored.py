@@ -58,6 +58,8 @@ class StoredPlan:
     explain: str = ""
     guard_query: str | None = None
     """One boolean: whether ``apply_sql`` is valid for this refresh (else refresh fully)."""
+    aggregates: tuple[tuple[str, str, str], ...] = ()
+    """(call, class, why) of each aggregate maintained: what ``explain`` lists."""
 
     @property
     def source_oids(self) -> tuple[int, ...]:
@@ -79,6 +81,7 @@ class StoredPlan:
                 "reasons": [reason.to_json() for reason in self.reasons],
                 "explain": self.explain,
                 "guard_query": self.guard_query,
+                "aggregates": [list(item) for item in self.aggregates],
             },
             # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
             sort_keys=True,
@@ -115,6 +118,10 @@ class StoredPlan:
                 reasons=reasons,
                 explain=str(data.get("explain", "")),
                 guard_query=data.get("guard_query"),
+                aggregates=tuple(
+                    (str(call), str(kind), str(why))
+                    for call, kind, why in data.get("aggregates", ())
+                ),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UnreadablePlan(
@@ -147,4 +154,5 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         reasons=plan.reasons,
         explain=plan.explain(),
         guard_query=plan.guard_query,
+        aggregates=tuple((call, kind.value, why) for call, kind, why in plan.aggregate_classes()),
     )

@@ -436,6 +436,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from dvm.dialect import parse_one, render_pretty
     from walstream.catalog import get_stream_table
     from walstream.migrate import check_current
 
@@ -454,7 +455,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "apply_strategy": plan.apply_strategy.value,
         "reasons": [reason.to_json() for reason in plan.reasons],
         "plan": plan.explain,
+        "aggregates": [
+            {"call": call, "class": kind, "why": why} for call, kind, why in plan.aggregates
+        ],
         "delta_query": plan.delta_query,
+        "guard_query": plan.guard_query,
     }
     text = [
         f"stream table: {st.display_name}",
@@ -463,6 +468,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if st.fallback_reason:
         text.append(f"fallback reason: {st.fallback_reason}")
     text += ["", plan.explain]
+    if plan.delta_query is not None:
+        text += ["", "delta SQL:", render_pretty(parse_one(plan.delta_query))]
     _print(args, data, "\n".join(text))
     return EXIT_OK
 

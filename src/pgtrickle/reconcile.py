@@ -25,6 +25,7 @@ A stream table no longer declared is dropped, with its data, only with ``prune``
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +38,7 @@ from psycopg import sql
 from dvm.catalog import CatalogFacts, SourceTable
 from dvm.compile import compile_query, effective_mode, normalize
 from dvm.errors import InvalidQuery, PgTrickleError, UnsupportedQuery
+from dvm.operators import AggregateClass
 from dvm.plan import DeltaPlan, RefreshMode
 from dvm.reason import Reason, summary
 from dvm.stored import StoredPlan, stored_plan
@@ -320,6 +322,17 @@ def _compile(
             )
     if fallback:
         log.info("falls back to full refresh", stream_table=decl.name, reasons=summary(fallback))
+    rescanned = [
+        f"{call} ({why})"
+        for call, kind, why in plan.aggregate_classes()
+        if kind is AggregateClass.GROUP_RESCAN
+    ]
+    if mode is RefreshMode.DIFFERENTIAL and rescanned:
+        log.warning(
+            "aggregates recomputed for every group a change touches",
+            stream_table=decl.name,
+            aggregates=rescanned,
+        )
     return plan, mode, fallback
 
 
@@ -601,7 +614,9 @@ def _create(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn: s
     target = _qualified(decl.schema, decl.name)
     stored = change.stored
     assert stored is not None
+    started = time.perf_counter()
     rows = create_storage(conn, target, stored, what=f'stream table "{change.name}"')
+    populate_ms = (time.perf_counter() - started) * 1000.0
     index_storage(conn, target, stored, mode, what=f'stream table "{change.name}"')
     state: list[tuple[str, object]] = [("schema_name", decl.schema), ("name", decl.name)]
     state += _populated_state(change, stored, snapshot, lsn)
@@ -616,7 +631,7 @@ def _create(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn: s
         [value for _, value in state],
     ).fetchone()
     assert row is not None
-    _record_dependencies(conn, row[0], change, lsn, rows)
+    _record_dependencies(conn, row[0], change, lsn, rows, populate_ms)
 
 
 def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn: str) -> None:
@@ -626,7 +641,9 @@ def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn:
     build = _qualified(decl.schema, build_name)
     stored = change.stored
     assert stored is not None
+    started = time.perf_counter()
     rows = create_storage(conn, build, stored, what=f'stream table "{change.name}"')
+    populate_ms = (time.perf_counter() - started) * 1000.0
     old_oid = _storage_oid(conn, st)
     keep_grants = relations.grants(conn, old_oid) if old_oid is not None else []
     keep_indexes = relations.user_indexes(conn, old_oid) if old_oid is not None else []
@@ -669,7 +686,7 @@ def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn:
         [*(value for _, value in state), st.id],
     )
     conn.execute("DELETE FROM pgtrickle.dependencies WHERE stream_table_id = %s", (st.id,))
-    _record_dependencies(conn, st.id, change, lsn, rows)
+    _record_dependencies(conn, st.id, change, lsn, rows, populate_ms)
 
 
 def _populated_state(
@@ -692,7 +709,12 @@ def _populated_state(
 
 
 def _record_dependencies(
-    conn: psycopg.Connection[Any], st_id: int, change: Change, lsn: str, rows: int
+    conn: psycopg.Connection[Any],
+    st_id: int,
+    change: Change,
+    lsn: str,
+    rows: int,
+    populate_ms: float,
 ) -> None:
     assert change.plan is not None
     for source in change.plan.sources:
@@ -701,7 +723,7 @@ def _record_dependencies(
             " VALUES (%s, %s, %s)",
             (st_id, source.oid, list(change.plan.columns_read.get(source.oid, ()))),
         )
-    record_populated(conn, st_id, lsn, rows)
+    record_populated(conn, st_id, lsn, rows, populate_ms)
 
 
 def _release_unread(conn: psycopg.Connection[Any]) -> None:

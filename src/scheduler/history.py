@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -69,14 +70,65 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
     )
 
 
-def record_populated(conn: psycopg.Connection[Any], st_id: int, lsn: str, rows: int) -> None:
-    """The row of a stream table populated (created or re-created) at WAL position ``lsn``."""
+def record_populated(
+    conn: psycopg.Connection[Any], st_id: int, lsn: str, rows: int, populate_ms: float
+) -> None:
+    """The row of a stream table populated (created or re-created) at WAL position ``lsn``;
+    its ``apply_ms`` is what computing the whole query took (``auto`` weighs it)."""
     conn.execute(
         "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
-        " finished_at, frontier_lsn, rows_changed)"
-        " VALUES (%s, %s, %s, now(), clock_timestamp(), %s::pg_lsn, %s)",
-        (st_id, RefreshAction.INITIALIZE.value, Outcome.OK.value, lsn, rows),
+        " finished_at, frontier_lsn, rows_changed, apply_ms)"
+        " VALUES (%s, %s, %s, now(), clock_timestamp(), %s::pg_lsn, %s, %s)",
+        (st_id, RefreshAction.INITIALIZE.value, Outcome.OK.value, lsn, rows, populate_ms),
     )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a stream table's own refresh history says about its costs."""
+
+    full_ms: float | None
+    """A recent full computation (refresh or population), the median of the last few."""
+    fixed_ms: float
+    per_row_ms: float
+    """Differential apply time ≈ fixed_ms + per_row_ms * delta rows (least squares)."""
+    samples: int
+
+    def differential_ms(self, rows: int) -> float:
+        return self.fixed_ms + self.per_row_ms * rows
+
+
+def measured(conn: psycopg.Connection[Any], st_id: int) -> Measured:
+    rows = conn.execute(
+        "SELECT action, delta_rows, apply_ms FROM pgtrickle.refresh_history"
+        " WHERE stream_table_id = %s AND status = %s AND apply_ms IS NOT NULL"
+        " ORDER BY id DESC LIMIT 50",
+        (st_id, Outcome.OK.value),
+    ).fetchall()
+    fulls = [
+        float(ms)
+        for action, _, ms in rows
+        if action in (RefreshAction.FULL.value, RefreshAction.INITIALIZE.value)
+    ][:5]
+    points = [
+        (float(n), float(ms))
+        for action, n, ms in rows
+        if action == RefreshAction.DIFFERENTIAL.value and n
+    ]
+    fixed, per_row = _fit(points)
+    return Measured(statistics.median(fulls) if fulls else None, fixed, per_row, len(points))
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ms = fixed + per_row * n, both kept at or above zero."""
+    if not points:
+        return 0.0, 0.0
+    if len({n for n, _ in points}) < 2:
+        return 0.0, statistics.median(m / max(x, 1.0) for x, m in points)
+    per_row, fixed = statistics.linear_regression([n for n, _ in points], [m for _, m in points])
+    if per_row < 0:
+        return statistics.median(m for _, m in points), 0.0
+    return max(fixed, 0.0), per_row
 
 
 def record_failure(dsn: str, st: StreamTable, error: BaseException) -> None:

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from dvm.plan import ApplyStrategy, RefreshMode
 from scheduler.errors import ReaderBehind, RefreshMismatch, UpstreamSchemaChanged
-from scheduler.history import RefreshAction, RefreshResult, record_refresh
+from scheduler.history import RefreshAction, RefreshResult, measured, record_refresh
 from scheduler.populate import lock_before_snapshot, query_failed, recompute
 from scheduler.sessions import pin_storage_settings
 from walstream.buffers import (
@@ -244,6 +244,11 @@ class Refresher:
         t0 = time.perf_counter()
         if truncated:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
+        elif staged and (reason := self._auto_prefers_full(st, staged)) is not None:
+            result.reason = reason
+            log.info("recomputing instead of applying", stream_table=st.display_name, reason=reason)
+            result.delta_rows = staged
+            result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged and not self._guard_holds(st):
             result.reason = "TopK: a row that was not among the stored first rows came in"
             log.warning(
@@ -258,6 +263,22 @@ class Refresher:
         else:
             result.action = RefreshAction.NO_DATA
         timings["apply_ms"] = _ms(t0)
+
+    def _auto_prefers_full(self, st: StreamTable, staged: int) -> str | None:
+        """For ``auto``: why recomputing is cheaper than applying ``staged`` changed rows,
+        by the stream table's own measured refresh times; None to apply them."""
+        if st.refresh_mode is not RefreshMode.AUTO:
+            return None
+        costs = measured(self.conn, st.id)
+        if costs.full_ms is None or costs.samples < 3:
+            return None
+        expected = costs.differential_ms(staged)
+        if expected <= costs.full_ms:
+            return None
+        return (
+            f"auto: applying {staged} changed rows would take about {expected:.0f} ms,"
+            f" recomputing about {costs.full_ms:.0f} ms"
+        )
 
     def _guard_holds(self, st: StreamTable) -> bool:
         """Whether the plan's delta is valid for this refresh (a plan without a guard: yes)."""
