@@ -1,0 +1,84 @@
+"""``auto`` decides per refresh: it recomputes when its own refresh times say that is cheaper
+than applying the changes staged, records why, and applies them otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import create_schema
+from pgtrickle.reconcile import apply
+from scheduler.refresh import RefreshAction, Refresher
+from tests.fixtures.cluster import Database
+from tests.fixtures.streams import mismatched, running_reader
+from walstream.catalog import get_stream_table
+
+YAML = """
+stream_tables:
+  - name: paid
+    query: SELECT id, amount FROM orders WHERE status = 'paid'
+    refresh_mode: auto
+"""
+
+
+@pytest.fixture
+def refresher(db: Database) -> Iterator[Refresher]:
+    create_schema(db.dsn, customers=10, orders=200, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_reader(db.dsn) as reader, Refresher(db.dsn, reader, check=True) as refresher:
+        yield refresher
+
+
+def measured_history(dsn: str, full_ms: float, per_row_ms: float) -> None:
+    """A history that says: a full computation takes ``full_ms``, applying n changed rows
+    ``per_row_ms`` each (what the decision reads, made up so the test does not time)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DELETE FROM pgtrickle.refresh_history")
+        conn.execute(
+            "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status,"
+            " started_at, finished_at, delta_rows, apply_ms)"
+            " SELECT id, 'initialize', 'ok', now(), now(), 0, %s FROM pgtrickle.stream_tables",
+            (full_ms,),
+        )
+        for rows in (10, 20, 40):
+            conn.execute(
+                "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status,"
+                " started_at, finished_at, delta_rows, apply_ms)"
+                " SELECT id, 'differential', 'ok', now(), now(), %s, %s"
+                " FROM pgtrickle.stream_tables",
+                (rows, rows * per_row_ms),
+            )
+
+
+def last_reason(dsn: str) -> str | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT reason FROM pgtrickle.refresh_history ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_many_changes_are_recomputed_when_that_is_measured_to_be_cheaper(
+    refresher: Refresher, db: Database
+) -> None:
+    measured_history(db.dsn, full_ms=5.0, per_row_ms=1.0)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE status = 'paid'")
+    result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
+    assert result.action is RefreshAction.FULL
+    reason = last_reason(db.dsn)
+    assert reason is not None and reason.startswith("auto: applying")
+    assert mismatched(db.dsn) == {}
+
+
+def test_few_changes_are_applied(refresher: Refresher, db: Database) -> None:
+    measured_history(db.dsn, full_ms=5000.0, per_row_ms=1.0)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE id IN (1, 2, 3)")
+    result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
+    assert result.action in (RefreshAction.DIFFERENTIAL, RefreshAction.NO_DATA)
+    assert last_reason(dsn=db.dsn) is None
+    assert mismatched(db.dsn) == {}
