@@ -24,7 +24,7 @@ from sqlglot import exp
 from dvm import sql
 from dvm.consolidate import ACTION
 from dvm.dialect import render
-from dvm.operators import Aggregate, AggregateCall
+from dvm.operators import Aggregate, AggregateCall, AggregateClass
 from dvm.rules.aggregate import affected_groups, grouped
 from dvm.rules.project import outputs_of
 from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRows, cte_item, union_all
@@ -56,10 +56,52 @@ class _Argument:
         return f"__pgt_nn_{self.number}"
 
 
+@dataclass(frozen=True)
+class _Extreme:
+    """One distinct min(x) or max(x), numbered from 1: its value is kept beside the group."""
+
+    number: int
+    expression: exp.Expr
+    smallest: bool
+
+    @property
+    def value(self) -> str:
+        return f"__pgt_ext{self.number}"
+
+    def of(self, expression: exp.Expr) -> exp.Expr:
+        return exp.Min(this=expression) if self.smallest else exp.Max(this=expression)
+
+    def combined(self, a: exp.Expr, b: exp.Expr) -> exp.Expr:
+        kind = exp.Least if self.smallest else exp.Greatest
+        return kind(this=a, expressions=[b])
+
+    def lost(self, deleted: exp.Expr, stored: exp.Expr) -> exp.Expr:
+        """A deleted value at or beyond the stored extreme: the extreme may have left."""
+        compare = exp.LTE if self.smallest else exp.GTE
+        return exp.Coalesce(
+            this=compare(this=deleted, expression=stored), expressions=[exp.false()]
+        )
+
+
+def _extremes(node: Aggregate) -> list[_Extreme]:
+    found: dict[tuple[str, bool], _Extreme] = {}
+    for call in node.calls:
+        if call.kind is AggregateClass.SEMI_ALGEBRAIC and call.argument is not None:
+            key = (render(call.argument), call.name == "min")
+            found.setdefault(key, _Extreme(len(found) + 1, call.argument, call.name == "min"))
+    return list(found.values())
+
+
+def _extreme_of(call: AggregateCall, extremes: list[_Extreme]) -> _Extreme:
+    assert call.argument is not None
+    key = (render(call.argument), call.name == "min")
+    return next(e for e in extremes if (render(e.expression), e.smallest) == key)
+
+
 def _arguments(node: Aggregate) -> list[_Argument]:
     found: dict[str, _Argument] = {}
     for call in node.calls:
-        if call.argument is None:
+        if call.argument is None or call.kind is AggregateClass.SEMI_ALGEBRAIC:
             continue
         key = render(call.argument)
         summed = call.name in ("sum", "avg")
@@ -82,6 +124,7 @@ def aux_columns(node: Aggregate) -> tuple[str, ...]:
     for argument in _arguments(node):
         columns.extend([argument.sum, argument.nonnull] if argument.summed else [argument.nonnull])
         columns.extend(name for _, name in argument.scale_counts)
+    columns.extend(extreme.value for extreme in _extremes(node))
     return tuple(columns)
 
 
@@ -117,6 +160,8 @@ def storage_query(node: Aggregate, input: DerivedRows) -> exp.Select:
             for scale, name in argument.scale_counts:
                 counted = _of_scale(argument.expression, scale, sql.lit(1))
                 columns.append(sql.alias(exp.Count(this=counted), name))
+        for extreme in _extremes(node):
+            columns.append(sql.alias(extreme.of(extreme.expression.copy()), extreme.value))
     return grouped(node, input.new, columns)
 
 
@@ -142,15 +187,72 @@ def _algebraic(
     arguments = _arguments(node)
     listed = [sql.alias(k.copy(), n) for k, n in zip(node.group_by, keys, strict=True)]
     listed += [sql.alias(a.expression.copy(), f"__pgt_x{a.number}") for a in arguments]
+    extremes = _extremes(node)
+    listed += [sql.alias(e.expression.copy(), f"__pgt_e{e.number}") for e in extremes]
     rows = union_all([term.select(listed, weighted=True) for term in input.delta])
     changes = context.cte(rows, "in")
-    per_group = context.cte(_delta_per_group(node, keys, arguments, changes), "pg")
-    new = context.cte(_new_state(keys, arguments, storage, per_group), "n")
-    return context.statement(_changes(node, arguments, keys, new))
+    per_group = context.cte(_delta_per_group(node, keys, arguments, extremes, changes), "pg")
+    new = context.cte(_new_state(keys, arguments, extremes, storage, per_group), "n")
+    if extremes:
+        new = _rescan_extremes(node, input, context, keys, extremes, new)
+    return context.statement(_changes(node, arguments, extremes, keys, new))
+
+
+def _rescan_extremes(
+    node: Aggregate,
+    input: DerivedRows,
+    context: Context,
+    keys: list[str],
+    extremes: list[_Extreme],
+    new: str,
+) -> str:
+    """The groups whose extreme left, their extremes recomputed from the input; the others
+    keep the combined ones."""
+    flagged = exp.select(sql.col("f", ROW_ID)).from_(cte_item(new, "f"))
+    flagged = flagged.where(sql.col("f", "__pgt_rescan"), copy=False)
+    if node.group_by:
+        restriction: exp.Expr = exp.In(this=group_id(node, node.group_by), query=flagged.subquery())
+    else:
+        restriction = exp.Exists(this=flagged)
+    columns: list[exp.Expr] = [sql.alias(group_id(node, node.group_by), ROW_ID)]
+    columns += [sql.alias(e.of(e.expression.copy()), e.value) for e in extremes]
+    rescanned = context.cte(
+        grouped(_without_having(node), input.new, columns, restriction=restriction), "x"
+    )
+    replaced = {e.value for e in extremes}
+    listed: list[exp.Expr] = [sql.col("n", ROW_ID), *[sql.col("n", k) for k in keys]]
+    for column in aux_columns(node):
+        if column in replaced:
+            value = exp.Case(
+                ifs=[exp.If(this=sql.col("n", "__pgt_rescan"), true=sql.col("r", column))],
+                default=sql.col("n", column),
+            )
+            listed.append(sql.alias(value, column))
+        else:
+            listed.append(sql.col("n", column))
+    final = (
+        exp.select(*listed)
+        .from_(cte_item(new, "n"))
+        .join(
+            cte_item(rescanned, "r"),
+            on=exp.EQ(this=sql.col("r", ROW_ID), expression=sql.col("n", ROW_ID)),
+            join_type="left",
+            copy=False,
+        )
+    )
+    return context.cte(final, "f")
+
+
+def _without_having(node: Aggregate) -> Aggregate:
+    return node  # the algebraic path has no HAVING
 
 
 def _delta_per_group(
-    node: Aggregate, keys: list[str], arguments: list[_Argument], changes: str
+    node: Aggregate,
+    keys: list[str],
+    arguments: list[_Argument],
+    extremes: list[_Extreme],
+    changes: str,
 ) -> exp.Select:
     weight = sql.col(None, WEIGHT)
     columns: list[exp.Expr] = [
@@ -175,6 +277,16 @@ def _delta_per_group(
         for scale, name in argument.scale_counts:
             per_scale = sql.coalesce_zero(exp.Sum(this=_of_scale(x, scale, weight.copy())))
             columns.append(sql.alias(per_scale, _delta_name(name)))
+    for extreme in extremes:
+        value = sql.col(None, f"__pgt_e{extreme.number}")
+        for name, sign in (
+            (f"__pgt_dins{extreme.number}", exp.GT),
+            (f"__pgt_ddel{extreme.number}", exp.LT),
+        ):
+            only = exp.Where(this=sign(this=weight.copy(), expression=sql.lit(0)))
+            columns.append(
+                sql.alias(exp.Filter(this=extreme.of(value.copy()), expression=only), name)
+            )
     select = exp.select(*columns).from_(cte_item(changes, "i"))
     if keys:
         select = select.group_by(*[sql.col(None, key) for key in keys], copy=False)
@@ -182,7 +294,11 @@ def _delta_per_group(
 
 
 def _new_state(
-    keys: list[str], arguments: list[_Argument], storage: tuple[str, str], per_group: str
+    keys: list[str],
+    arguments: list[_Argument],
+    extremes: list[_Extreme],
+    storage: tuple[str, str],
+    per_group: str,
 ) -> exp.Select:
     """New auxiliary values of the groups the delta changes: old (from storage, zero when the
     group is new) + delta. A sum whose non-null count drops to 0 is NULL."""
@@ -217,6 +333,23 @@ def _new_state(
         new_sum = exp.Case(ifs=[exp.If(this=none_left, true=exp.Null())], default=total)
         columns.append(sql.alias(new_sum, argument.sum))
         changed.append(_nonzero(summed.copy()))
+    lost: list[exp.Expr] = []
+    for extreme in extremes:
+        inserted, deleted = (
+            delta(f"__pgt_dins{extreme.number}"),
+            delta(f"__pgt_ddel{extreme.number}"),
+        )
+        gone = extreme.lost(deleted.copy(), sql.col("s", extreme.value))
+        lost.append(gone)
+        value = exp.Case(
+            ifs=[exp.If(this=gone.copy(), true=exp.Null())],
+            default=extreme.combined(sql.col("s", extreme.value), inserted.copy()),
+        )
+        columns.append(sql.alias(value, extreme.value))
+        changed.append(exp.Not(this=exp.Is(this=inserted.copy(), expression=exp.Null())))
+        changed.append(exp.Not(this=exp.Is(this=deleted.copy(), expression=exp.Null())))
+    if extremes:
+        columns.append(sql.alias(exp.or_(*lost), "__pgt_rescan"))
     return (
         exp.select(*columns)
         .from_(cte_item(per_group, "d"))
@@ -230,10 +363,16 @@ def _new_state(
     )
 
 
-def _changes(node: Aggregate, arguments: list[_Argument], keys: list[str], new: str) -> exp.Select:
+def _changes(
+    node: Aggregate,
+    arguments: list[_Argument],
+    extremes: list[_Extreme],
+    keys: list[str],
+    new: str,
+) -> exp.Select:
     """'U' with the outputs evaluated over the new values, or 'D' for a group now empty
     (never for the one row of an aggregate without GROUP BY)."""
-    replacements = _new_value_replacements(node, arguments, keys)
+    replacements = _new_value_replacements(node, arguments, extremes, keys)
     empty = exp.EQ(this=sql.col("n", COUNT), expression=sql.lit(0))
     action: exp.Expr = (
         sql.lit("U")
@@ -256,7 +395,7 @@ def _nonzero(value: exp.Expr) -> exp.Expr:
 
 
 def _new_value_replacements(
-    node: Aggregate, arguments: list[_Argument], keys: list[str]
+    node: Aggregate, arguments: list[_Argument], extremes: list[_Extreme], keys: list[str]
 ) -> dict[str, exp.Expr]:
     """Rendered group key or aggregate call -> its value in the new state ``n``."""
     numbers = {render(a.expression): a for a in arguments}
@@ -264,7 +403,10 @@ def _new_value_replacements(
     for key, column in zip(node.group_by, keys, strict=True):
         replacements.setdefault(render(key), sql.col("n", column))
     for call in node.calls:
-        replacements[render(call.expression)] = _call_value(call, numbers)
+        if call.kind is AggregateClass.SEMI_ALGEBRAIC:
+            replacements[render(call.expression)] = sql.col("n", _extreme_of(call, extremes).value)
+        else:
+            replacements[render(call.expression)] = _call_value(call, numbers)
     return replacements
 
 

@@ -14,7 +14,7 @@ another order gives other results.
 ...     print(call.name, call.kind.value, call.why)
 sum ALGEBRAIC_VIA_AUX values of scales 0 and 2: a count per scale kept beside it
 avg ALGEBRAIC_VIA_AUX sum and count kept beside it
-max GROUP_RESCAN min and max: affected groups are recomputed
+max SEMI_ALGEBRAIC inserts combine; a group is rescanned when its extreme leaves
 string_agg GROUP_RESCAN its value depends on every row of the group
 """
 
@@ -53,9 +53,21 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
     def rescan(why: str) -> AggregateCall:
         return AggregateCall(name, node, None, AggregateClass.GROUP_RESCAN, why)
 
+    if isinstance(call, exp.Min | exp.Max) and not call.args.get("expressions"):
+        argument = call.this
+        if isinstance(argument, exp.Distinct):  # min(DISTINCT x) is min(x)
+            argument = argument.expressions[0] if len(argument.expressions) == 1 else None
+        if argument is not None and not isinstance(argument, exp.Order):
+            if condition is not None:
+                argument = exp.Case(ifs=[exp.If(this=condition.copy(), true=argument.copy())])
+            return AggregateCall(
+                name,
+                node,
+                argument,
+                AggregateClass.SEMI_ALGEBRAIC,
+                "inserts combine; a group is rescanned when its extreme leaves",
+            )
     if not isinstance(call, exp.Count | exp.Sum | exp.Avg):
-        if name in ("min", "max"):
-            return rescan("min and max: affected groups are recomputed")
         return rescan("its value depends on every row of the group")
     argument = call.this
     if isinstance(argument, exp.Distinct):

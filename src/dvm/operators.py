@@ -171,8 +171,7 @@ class Aggregate:
     def algebraic(self) -> bool:
         """Maintainable from auxiliary values in storage when it is the stored relation."""
         return self.having is None and all(
-            call.kind in (AggregateClass.ALGEBRAIC_INVERTIBLE, AggregateClass.ALGEBRAIC_VIA_AUX)
-            for call in self.calls
+            call.kind is not AggregateClass.GROUP_RESCAN for call in self.calls
         )
 
 
