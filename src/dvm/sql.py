@@ -83,13 +83,14 @@ def hashable(type_: str | None) -> bool:
 
 def value_hash(values: Sequence[exp.Expr], types: Sequence[str | None] = ()) -> exp.Expr:
     """A bigint equal for values equal as SQL compares them (``1.0`` and ``1.00``, ``-0.0``
-    and ``0.0``, NULL and NULL): ``hash_record_extended(ROW(values), 0)``, which hashes each
-    value by its type's hash operator class. A value of a type without one is hashed by its
-    text.
+    and ``0.0``, NULL and NULL): ``hash_record_extended(ROW(v1, v1 IS NULL, ...), 0)``, which
+    hashes each value by its type's hash operator class. A value of a type without one is
+    hashed by its text.
     """
     kinds = list(types) + [None] * (len(values) - len(types))
-    hashed = [
-        value.copy() if hashable(kind) else cast(value.copy(), "text")
-        for value, kind in zip(values, kinds, strict=True)
-    ]
+    hashed: list[exp.Expr] = []
+    for value, kind in zip(values, kinds, strict=True):
+        hashed.append(value.copy() if hashable(kind) else cast(value.copy(), "text"))
+        # a NULL hashes like 0.0 (both 0): its flag tells them apart
+        hashed.append(exp.Is(this=value.copy(), expression=exp.Null()))
     return func("HASH_RECORD_EXTENDED", func("ROW", *hashed), lit(0))
