@@ -575,7 +575,22 @@ class _Resolver:
                 relation, alias, found.columns, alias_node, scope, f"view {found.qualified_name}"
             )
         if alias_node is not None and alias_node.columns:
-            raise _refuse("column aliases on a table", "write the aliases in the select list")
+            # t AS a(x, y): the table's rows with its first columns renamed
+            scan = Scan(found, alias, found.column_names())
+            outputs = tuple(Output(c.name, sql.col(alias, c.name), c.type) for c in found.columns)
+            self.entries.append(
+                _Entry(
+                    alias,
+                    found.column_names(),
+                    {},
+                    frozenset(),
+                    table=found,
+                    read=set(found.column_names()),
+                )
+            )
+            return self._relation_entry(
+                Project(scan, outputs), alias, found.column_names(), alias_node, scope, "table"
+            )
         entry = _Entry(
             alias=alias,
             columns=found.column_names(),

@@ -9,8 +9,10 @@ each round snapshots the sources, applies random changes, stages the Z-set diffe
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -399,6 +401,218 @@ def run_rounds(
         maintained.snapshot()
         for _ in range(rng.randint(1, 12)):
             mutate(conn, SPECS[rng.choice(list(tables))], rng)
+        conn.commit()
+        maintained.stage(rng)
+        try:
+            maintained.refresh()
+        except Exception as error:
+            raise AssertionError(f"seed {seed}, round {number}: {error}") from error
+    return maintained
+
+
+# Random tables driven by a catalog: values drawn from each column's type.
+
+WORDS = ("a", "b", "c", "", "Zz", "north", "south", "east")
+"""Text values: few, so that joins and groups find partners; a few the fixtures name."""
+
+_BASE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RandomTable:
+    """A source table filled and changed at random; values are drawn from the column types.
+
+    Integer columns take values 0..8 (key columns 1..``ids``), so that they join the keys of
+    other tables; nullable columns outside the key are NULL now and then.
+    """
+
+    table: SourceTable
+    rows: int = 12
+    """Rows inserted when the table is created."""
+    ids: int = 24
+    """Values of an integer key column are drawn from 1..ids (while free)."""
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.table.schema, self.table.name)
+
+    @property
+    def values(self) -> tuple[Column, ...]:
+        """The columns outside the primary key."""
+        return tuple(c for c in self.table.columns if c.name not in self.table.primary_key)
+
+
+def random_value(type_name: str, rng: random.Random) -> Value:
+    """A value of the type ``type_name`` (``format_type()`` text) from a small domain."""
+    match = re.fullmatch(r"([a-z ]+?)\s*(?:\((\d+)(?:,\s*(\d+))?\))?(\[\])?", type_name.lower())
+    if match is None or match[4]:
+        raise ValueError(f"no random values of type {type_name}: add them to random_value")
+    base, length, scale = match[1], match[2], match[3]
+    if base in ("smallint", "integer", "bigint"):
+        if base == "bigint" and rng.random() < 0.1:
+            return rng.choice([-(2**40), 2**40])
+        return rng.randint(0, 8)
+    if base in ("numeric", "decimal"):
+        quarter = Decimal(rng.randint(-4, 40)) / 4
+        if length is None:  # any scale: values of several scales
+            return rng.choice(
+                [quarter, quarter.quantize(Decimal("0.001")), Decimal(rng.randint(0, 9))]
+            )
+        return quarter.quantize(Decimal(1).scaleb(-int(scale or 0)))
+    if base in ("double precision", "real"):
+        return rng.randint(-8, 8) / 2
+    if base in ("text", "character varying", "varchar", "character", "char"):
+        word = rng.choice(WORDS)
+        return word[: int(length)] if length else word
+    if base == "boolean":
+        return rng.random() < 0.5
+    if base == "date":
+        return _BASE.date() + timedelta(days=rng.randint(0, 4))
+    if base == "timestamp with time zone":
+        return _BASE + timedelta(hours=6 * rng.randint(0, 12))
+    if base in ("timestamp", "timestamp without time zone"):
+        return _BASE.replace(tzinfo=None) + timedelta(hours=6 * rng.randint(0, 12))
+    if base in ("json", "jsonb"):
+        return rng.choice(['{"a": 1}', '{"a":1}', "[]"])
+    raise ValueError(f"no random values of type {type_name}: add them to random_value")
+
+
+def _random_column(column: Column, rng: random.Random) -> Value:
+    if not column.not_null and rng.random() < 0.15:
+        return None
+    return random_value(column.type, rng)
+
+
+def _key_value(column: Column, spec: RandomTable, rng: random.Random) -> Value:
+    if column.type in ("smallint", "integer", "bigint"):
+        return rng.randint(1, spec.ids)
+    return random_value(column.type, rng)
+
+
+def _fresh_key(
+    conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random
+) -> dict[str, Value]:
+    """Values of the primary key no row has: drawn at random, else past the largest one."""
+    key = spec.table.primary_key
+    columns = [c for name in key for c in spec.table.columns if c.name == name]
+    used = set(
+        conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, key)), spec.identifier
+            )
+        ).fetchall()
+    )
+    for _ in range(20):
+        candidate = tuple(_key_value(c, spec, rng) for c in columns)
+        if candidate not in used:
+            return dict(zip(key, candidate, strict=True))
+    first = max(row[0] for row in used)
+    return dict(zip(key, (first + 1, *next(iter(used))[1:]), strict=True))
+
+
+def create_random_tables(
+    conn: psycopg.Connection[Any], tables: Sequence[RandomTable], rng: random.Random
+) -> None:
+    """Create ``tables`` (and their schemas) and fill each with its rows."""
+    for spec in tables:
+        table = spec.table
+        columns = [
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(c.name),
+                sql.SQL(c.type),
+                sql.SQL(" NOT NULL" if c.not_null else ""),
+            )
+            for c in table.columns
+        ]
+        if table.primary_key:
+            columns.append(
+                sql.SQL("PRIMARY KEY ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+                )
+            )
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(spec.identifier, sql.SQL(", ").join(columns))
+        )
+        for _ in range(spec.rows):
+            _insert_random(conn, spec, rng)
+    conn.commit()
+
+
+def _insert_random(conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random) -> None:
+    row = {c.name: _random_column(c, rng) for c in spec.values}
+    if spec.table.primary_key:
+        row = {**_fresh_key(conn, spec, rng), **row}
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            spec.identifier,
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        ),
+        list(row.values()),
+    )
+
+
+def mutate_random(conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random) -> None:
+    """One random change: insert, delete, update of values or of the key, or a duplicate."""
+    table = spec.identifier
+    ctids = [
+        ctid
+        for (ctid,) in conn.execute(
+            sql.SQL("SELECT ctid::text FROM {} ORDER BY ctid").format(table)
+        )
+    ]
+    action = rng.choice(["insert", "delete", "update", "update", "duplicate"])
+    if not ctids or action == "insert":
+        _insert_random(conn, spec, rng)
+        return
+    ctid = rng.choice(ctids)
+    if action == "delete":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = %s::tid").format(table), (ctid,))
+        return
+    if action == "duplicate" and not spec.table.primary_key:
+        conn.execute(
+            sql.SQL("INSERT INTO {0} SELECT * FROM {0} WHERE ctid = %s::tid").format(table),
+            (ctid,),
+        )
+        return
+    if action == "duplicate" or not spec.values:  # a keyed row moves to another key
+        row = _fresh_key(conn, spec, rng)
+    else:
+        columns = rng.sample(spec.values, min(len(spec.values), rng.randint(1, 2)))
+        row = {c.name: _random_column(c, rng) for c in columns}
+    conn.execute(
+        sql.SQL("UPDATE {} SET {} WHERE ctid = %s::tid").format(
+            table,
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in row),
+        ),
+        [*row.values(), ctid],
+    )
+
+
+def maintain_at_random(
+    conn: psycopg.Connection[Any],
+    query: str,
+    tables: Sequence[RandomTable],
+    seed: int,
+    rounds: int = 4,
+    changes: int = 10,
+) -> Maintained:
+    """Create ``tables`` at random, maintain ``query`` over ``rounds`` of up to ``changes``
+    random changes each, and check the storage after every refresh.
+
+    The connection's search path must reach every table (the staging names them unqualified).
+    """
+    rng = random.Random(seed)
+    create_random_tables(conn, tables, rng)
+    try:
+        maintained = Maintained(conn, query)
+    except Exception as error:
+        raise AssertionError(f"seed {seed}, initial population: {error}") from error
+    for number in range(rounds):
+        maintained.snapshot()
+        for _ in range(rng.randint(1, changes)):
+            mutate_random(conn, rng.choice(tables), rng)
         conn.commit()
         maintained.stage(rng)
         try:

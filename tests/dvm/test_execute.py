@@ -98,6 +98,10 @@ SHAPES = {
         " GROUP BY t.tag HAVING sum(e.v) > 3",
         ["events", "tags"],
     ),
+    "table_column_aliases": (
+        "SELECT o.a, o.b, c.name FROM orders AS o(a, b) JOIN customers c ON c.id = o.b",
+        ["orders", "customers"],
+    ),
     # joins of any kind and number
     "join_three": (
         "SELECT o.id, c.name, t.tag FROM orders o JOIN customers c ON o.cid = c.id"
