@@ -103,6 +103,12 @@ def _arguments(node: Aggregate) -> list[_Argument]:
     for call in node.calls:
         if call.argument is None or call.kind is AggregateClass.SEMI_ALGEBRAIC:
             continue
+        if call.name in ("bool_and", "bool_or"):
+            for expression in (call.argument, _indicator(call)):
+                key = render(expression)
+                if key not in found:
+                    found[key] = _Argument(len(found) + 1, expression, summed=False)
+            continue
         key = render(call.argument)
         summed = call.name in ("sum", "avg")
         previous = found.get(key)
@@ -417,6 +423,16 @@ def _call_value(call: AggregateCall, numbers: dict[str, _Argument]) -> exp.Expr:
     number = argument.number
     if call.name == "count":
         return sql.col("n", f"__pgt_nn_{number}")
+    if call.name in ("bool_and", "bool_or"):
+        # no non-null value: NULL; else bool_and: no false one, bool_or: a true one
+        counted = sql.col("n", f"__pgt_nn_{numbers[render(_indicator(call))].number}")
+        none = exp.EQ(this=sql.col("n", f"__pgt_nn_{number}"), expression=sql.lit(0))
+        test: exp.Expr = (
+            exp.EQ(this=counted, expression=sql.lit(0))
+            if call.name == "bool_and"
+            else exp.GT(this=counted, expression=sql.lit(0))
+        )
+        return exp.Case(ifs=[exp.If(this=none, true=exp.Null())], default=test)
     total = sql.col("n", argument.sum)
     if call.name == "sum":
         return total
@@ -424,6 +440,14 @@ def _call_value(call: AggregateCall, numbers: dict[str, _Argument]) -> exp.Expr:
     return exp.paren(
         exp.Div(this=sql.cast(total, "numeric"), expression=sql.col("n", f"__pgt_nn_{number}"))
     )
+
+
+def _indicator(call: AggregateCall) -> exp.Expr:
+    """What bool_and counts (the false values) or bool_or (the true ones): 1 or NULL."""
+    assert call.argument is not None
+    value = call.argument.copy()
+    test = exp.Not(this=exp.paren(value)) if call.name == "bool_and" else value
+    return exp.Case(ifs=[exp.If(this=test, true=sql.lit(1))])
 
 
 def _delta_name(name: str) -> str:

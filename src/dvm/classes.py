@@ -67,6 +67,17 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
                 AggregateClass.SEMI_ALGEBRAIC,
                 "inserts combine; a group is rescanned when its extreme leaves",
             )
+    boolean = _boolean_argument(call, name)
+    if boolean is not None:
+        if condition is not None:
+            boolean = exp.Case(ifs=[exp.If(this=condition.copy(), true=boolean.copy())])
+        return AggregateCall(
+            "bool_or" if name == "bool_or" else "bool_and",
+            node,
+            boolean,
+            AggregateClass.ALGEBRAIC_VIA_AUX,
+            "counts of non-null and of " + ("true" if name == "bool_or" else "false") + " values",
+        )
     if not isinstance(call, exp.Count | exp.Sum | exp.Avg):
         return rescan("its value depends on every row of the group")
     argument = call.this
@@ -112,6 +123,20 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
     return AggregateCall(
         name, node, argument, AggregateClass.ALGEBRAIC_VIA_AUX, "sum and count kept beside it"
     )
+
+
+def _boolean_argument(call: exp.Expr, name: str) -> exp.Expr | None:
+    """The one argument of bool_and, bool_or or every."""
+    argument: exp.Expr
+    if isinstance(call, exp.LogicalAnd | exp.LogicalOr):
+        argument = call.this
+    elif isinstance(call, exp.Anonymous) and name == "every" and len(call.expressions) == 1:
+        argument = call.expressions[0]
+    else:
+        return None
+    if isinstance(argument, exp.Distinct | exp.Order):
+        return None
+    return argument
 
 
 def exactness(expression: exp.Expr, type_of: TypeOf) -> bool | None:

@@ -97,6 +97,7 @@ CONSTRUCTS: list[tuple[str, str, str]] = [
     ("Aggregates", "GROUP BY without aggregates", "group_without_aggregates"),
     ("Aggregates", "min and max", "min_max"),
     ("Aggregates", "count(DISTINCT …) and FILTER (WHERE …)", "distinct_and_filter_aggregates"),
+    ("Aggregates", "bool_and, bool_or, every (with FILTER)", "bool_aggregates"),
     (
         "Aggregates",
         "bool_and, bool_or, every, string_agg, array_agg, json_agg, stddev, variance",

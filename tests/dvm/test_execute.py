@@ -210,6 +210,11 @@ SHAPES = {
         " sum(amount) FILTER (WHERE note = 'a') AS sa FROM orders GROUP BY cid",
         ["orders"],
     ),
+    "bool_aggregates": (
+        "SELECT cid, bool_and(qty > 1) AS a, bool_or(note = 'a') AS o, every(amount > 3) AS e,"
+        " bool_and(qty > 2) FILTER (WHERE note <> 'b') AS f FROM orders GROUP BY cid",
+        ["orders"],
+    ),
     "rescanned_aggregates": (
         "SELECT kind, bool_and(v > 1), bool_or(v > 3), every(v < 4),"
         " string_agg(coalesce(v::text, '-'), ',' ORDER BY v, w), array_agg(v ORDER BY v, w),"
