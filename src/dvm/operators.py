@@ -152,8 +152,8 @@ class Aggregate:
     outputs: tuple[Output, ...]
     scalar: bool = False
     """Without GROUP BY: exactly one row, whatever the input."""
-    not_null_keys: bool = False
-    """Every group key is known never to be NULL (affected groups can be found by IN)."""
+    not_null: tuple[bool, ...] = ()
+    """Per group key: known never to be NULL (affected groups can be found by IN on it)."""
     key_types: tuple[str | None, ...] = ()
     """The group keys' types where known (a type without a hash opclass hashes its text)."""
     distinct: bool = field(default=False)
@@ -166,6 +166,12 @@ class Aggregate:
     @property
     def types(self) -> tuple[str | None, ...]:
         return tuple(output.type for output in self.outputs)
+
+    @property
+    def not_null_keys(self) -> bool:
+        return (
+            bool(self.group_by) and len(self.not_null) == len(self.group_by) and all(self.not_null)
+        )
 
     @property
     def algebraic(self) -> bool:

@@ -1135,7 +1135,7 @@ class _Resolver:
             having=having,
             outputs=outputs,
             scalar=scalar,
-            not_null_keys=bool(keys) and all(self._not_null(k, scope) for k in keys),
+            not_null=tuple(self._not_null(k, scope) for k in keys),
             key_types=tuple(self._type(k, scope) for k in keys),
         )
 
@@ -1147,7 +1147,7 @@ class _Resolver:
             calls=(),
             having=None,
             outputs=outputs,
-            not_null_keys=all(self._not_null(k, scope) for k in keys),
+            not_null=tuple(self._not_null(k, scope) for k in keys),
             key_types=tuple(self._type(k, scope) for k in keys),
             distinct=True,
         )
