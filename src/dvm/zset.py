@@ -133,6 +133,14 @@ class DerivedRows:
     new: Term
     old: Term
     delta: tuple[Term, ...]
+    weighted_old: Term | None = None
+    """The old state as a Z-set (new rows +1, the delta's -w): equal to ``old`` as a multiset
+    and cheaper to join (a plain table in a UNION ALL, whose index the planner can use);
+    valid where weights multiply (inner-join products), not in EXISTS or a rescan."""
+
+    @property
+    def old_in_products(self) -> Term:
+        return self.weighted_old if self.weighted_old is not None else self.old
 
 
 @dataclass(frozen=True)

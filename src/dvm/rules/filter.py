@@ -15,4 +15,7 @@ def filter_(node: Filter, inputs: tuple[Derived], context: Context) -> DerivedRo
         new=input.new.where(node.predicate),
         old=input.old.where(node.predicate),
         delta=tuple(term.where(node.predicate) for term in input.delta),
+        weighted_old=(
+            input.weighted_old.where(node.predicate) if input.weighted_old is not None else None
+        ),
     )

@@ -48,10 +48,11 @@ def inner_join(node: InnerJoin, inputs: tuple[Derived, ...], context: Context) -
     delta: list[Term] = []
     for i, input in enumerate(derived):
         before = [d.new for d in derived[:i]]
-        after = [d.old for d in derived[i + 1 :]]
+        after = [d.old_in_products for d in derived[i + 1 :]]
         delta.extend(product([*before, term, *after]) for term in input.delta)
     return DerivedRows(
         new=product([d.new for d in derived]),
         old=product([d.old for d in derived]),
         delta=tuple(delta),
+        weighted_old=product([d.old_in_products for d in derived]),
     )

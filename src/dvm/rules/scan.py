@@ -61,7 +61,24 @@ def scan(node: Scan, inputs: tuple[()], context: Context) -> DerivedRows:
         new=Term((base,)),
         old=Term((aliased(old_state(node), node.alias),)),
         delta=(Term((delta,), factors=(sql.col(node.alias, WEIGHT),)),),
+        weighted_old=Term(
+            (aliased(weighted_old_state(node), node.alias),),
+            factors=(sql.col(node.alias, WEIGHT),),
+        ),
     )
+
+
+def weighted_old_state(node: Scan) -> exp.Query:
+    """new - Δ as a Z-set: every row now with weight 1, every staged row with its weight
+    negated (a row the delta inserted cancels out)."""
+    now = exp.select(
+        *[sql.col(node.alias, c) for c in node.columns], sql.alias(sql.lit(1), WEIGHT)
+    ).from_(sql.table(node.table.schema, node.table.name, alias=node.alias))
+    staged = exp.select(
+        *[sql.col("d", c) for c in node.columns],
+        sql.alias(exp.Neg(this=sql.col("d", WEIGHT)), WEIGHT),
+    ).from_(_staged(node))
+    return exp.union(now, staged, distinct=False, copy=False)
 
 
 def _staged(node: Scan) -> exp.Table:
