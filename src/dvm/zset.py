@@ -121,9 +121,17 @@ class Term:
         return select.where(condition, copy=False) if condition is not None else select
 
     def exists(self, condition: exp.Expr | None = None) -> exp.Exists:
-        """``EXISTS (SELECT 1 FROM items WHERE conditions [AND condition])``."""
+        """``EXISTS (SELECT 1 FROM items WHERE conditions [AND condition])``.
+
+        Over an aggregated relation it ends in ``OFFSET 0``: PostgreSQL then keeps it a
+        correlated subplan, and pushes the condition on the group key into the aggregate
+        (one group read by index), instead of joining with every group computed.
+        """
         term = self.where(condition) if condition is not None else self
-        return exp.Exists(this=term.select([sql.lit(1)], weighted=False))
+        select = term.select([sql.lit(1)], weighted=False)
+        if any(item.find(exp.Group, exp.AggFunc) is not None for item in self.items):
+            select = select.offset(0, copy=False)
+        return exp.Exists(this=select)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,24 @@ aggregates below a join, in a subquery or a CTE.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlglot import exp
 
 from dvm import sql
 from dvm.operators import Aggregate
 from dvm.rules import Derived, rows, rule
 from dvm.rules.project import outputs_of
-from dvm.zset import WEIGHT, Context, DerivedRelation, DerivedRows, Term, cte_item, union_all
+from dvm.zset import (
+    WEIGHT,
+    Context,
+    DerivedRelation,
+    DerivedRows,
+    Term,
+    aliased,
+    cte_item,
+    union_all,
+)
 
 
 def grouped(
@@ -76,6 +87,73 @@ def affected_groups(node: Aggregate, input: DerivedRows, context: Context) -> ex
     return exp.and_(*each, whole)
 
 
+def _netted_old_groups(node: Aggregate, input: DerivedRows, touched: exp.Expr) -> exp.Select | None:
+    """The affected groups' old rows (weight -1), computed from the input's old state as a
+    Z-set: its rows restricted to the affected groups (which the planner takes by index),
+    netted per value of the columns the aggregate reads, each kept as often as its net
+    weight says. None when the input has no such state (then the exact old state serves).
+    """
+    if input.weighted_old is None:
+        return None
+    expressions = [*node.group_by, *(o.expression for o in node.outputs)]
+    expressions += [node.having] if node.having is not None else []
+    names: dict[tuple[str, str], str] = {}
+    for expression in expressions:
+        for column in expression.find_all(exp.Column):
+            names.setdefault((column.table, column.name), f"__pgt_v{len(names) + 1}")
+    read = [sql.alias(sql.col(t, c), name) for (t, c), name in names.items()]
+    term = input.weighted_old.where(touched.copy()) if node.group_by else input.weighted_old
+    rows = term.select(read or [sql.alias(sql.lit(0), "__pgt_v0")], weighted=True)
+    values = [sql.col("r", name) for name in names.values()] or [sql.col("r", "__pgt_v0")]
+    same = sql.row_text(values)
+    netted = exp.select(
+        *values,
+        sql.alias(
+            exp.Window(this=exp.Sum(this=sql.col("r", WEIGHT)), partition_by=[same]), "__pgt_net"
+        ),
+        sql.alias(exp.Window(this=exp.RowNumber(), partition_by=[same.copy()]), "__pgt_n"),
+    ).from_(rows.subquery(sql.ident("r")), copy=False)
+    copies = (
+        exp.select(*[sql.col("n", v.name) for v in values])
+        .from_(netted.subquery(sql.ident("n")), copy=False)
+        .join(
+            exp.Table(
+                this=sql.func("GENERATE_SERIES", sql.lit(1), sql.col("n", "__pgt_net")),
+                alias=exp.TableAlias(this=sql.ident("__pgt_copy")),
+            ),
+            join_type="cross",
+            copy=False,
+        )
+        .where(
+            exp.and_(
+                exp.EQ(this=sql.col("n", "__pgt_n"), expression=sql.lit(1)),
+                exp.GT(this=sql.col("n", "__pgt_net"), expression=sql.lit(0)),
+            ),
+            copy=False,
+        )
+    )
+
+    def rewrite(expression: exp.Expr) -> exp.Expr:
+        def replace(found: exp.Expr) -> exp.Expr:
+            if isinstance(found, exp.Column) and (found.table, found.name) in names:
+                return sql.col("__pgt_o", names[(found.table, found.name)])
+            return found
+
+        return expression.copy().transform(replace, copy=False)
+
+    over = replace(
+        node,
+        group_by=tuple(rewrite(k) for k in node.group_by),
+        having=rewrite(node.having) if node.having is not None else None,
+    )
+    columns: list[exp.Expr] = [
+        sql.alias(sql.lit(-1), WEIGHT),
+        *[sql.alias(rewrite(o.expression), o.name) for o in node.outputs],
+    ]
+    restriction = None if node.group_by else exp.or_(*[t.exists() for t in input.delta])
+    return grouped(over, Term((aliased(copies, "__pgt_o"),)), columns, restriction=restriction)
+
+
 @rule(Aggregate)
 def aggregate(node: Aggregate, inputs: tuple[Derived], context: Context) -> DerivedRelation:
     (derived,) = inputs
@@ -87,7 +165,10 @@ def aggregate(node: Aggregate, inputs: tuple[Derived], context: Context) -> Deri
         weight = sql.alias(sql.lit(sign), WEIGHT)
         return grouped(node, term, [weight, *columns], restriction=touched.copy())
 
-    delta = exp.union(signed(input.new, 1), signed(input.old, -1), distinct=False, copy=False)
+    old_groups = _netted_old_groups(node, input, touched)
+    if old_groups is None:
+        old_groups = signed(input.old, -1)
+    delta = exp.union(signed(input.new, 1), old_groups, distinct=False, copy=False)
     return DerivedRelation(
         columns=node.columns,
         new=grouped(node, input.new, columns),
