@@ -499,12 +499,9 @@ class _Resolver:
         ):
             name = identifier_name(target.args["this"])
         else:
-            written = render(target)
+            written = _unquoted(target)
             for output in outputs:
-                if (
-                    render(output.expression) == written
-                    or _unqualified(output.expression) == written
-                ):
+                if written in (_unquoted(output.expression), _unqualified(output.expression)):
                     name = output.name
         if name is None:
             raise _refuse(
@@ -1186,6 +1183,17 @@ def _subquery_predicate(conjunct: exp.Expr) -> bool:
     return isinstance(node, exp.Exists) or (
         isinstance(node, exp.In) and node.args.get("query") is not None
     )
+
+
+def _unquoted(expression: exp.Expr) -> str:
+    """An expression's text with every identifier folded as PostgreSQL folds it."""
+
+    def fold(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Identifier):
+            return exp.to_identifier(identifier_name(node), quoted=False)
+        return node
+
+    return render(expression.copy().transform(fold, copy=False))
 
 
 def _unqualified(expression: exp.Expr) -> str:

@@ -12,7 +12,13 @@ import psycopg
 
 from dvm.plan import ROW_ID_SETTINGS
 
-STORAGE_SETTINGS: tuple[tuple[str, str], ...] = (*ROW_ID_SETTINGS, ("TimeZone", "UTC"))
+STORAGE_SETTINGS: tuple[tuple[str, str], ...] = (
+    *ROW_ID_SETTINGS,
+    ("TimeZone", "UTC"),
+    # a delta statement of a many-way join costs a lot by estimate and runs in milliseconds:
+    # JIT compilation of it took 10-45 s on PostgreSQL 15
+    ("jit", "off"),
+)
 
 
 def pin_storage_settings(conn: psycopg.Connection[Any], *, local: bool = False) -> None:

@@ -4,7 +4,8 @@
 compiler makes of its query: the explain text, the apply strategy, whether it is
 differentiable, the delta SQL and the guard SQL (pretty-printed, so that a diff shows what
 changed in the generated SQL). ``execute`` (default: whether the plan is differentiable) says
-whether ``test_golden`` also maintains the query over random changes on the servers.
+whether ``test_golden`` also maintains the query over random changes on the servers; a catalog
+table's ``rows`` and ``ids`` size its random contents (``tests.dvm.harness.RandomTable``).
 
 ``python -m tests.dvm.golden`` rewrites the expectations from the current compiler (then
 review the diff); the test itself only ever compares.
@@ -30,9 +31,11 @@ STORAGE = ("public", "st")
 class Case:
     name: str
     query: str
-    differentiable: bool
-    strategy: str
-    explain: str
+    differentiable: bool = False
+    """This and what follows are what the compiler said: a new case needs a name and a query,
+    the rewrite fills in the rest."""
+    strategy: str = ""
+    explain: str = ""
     delta: str | None = None
     """``plan.delta_query``, pretty-printed; none for a plan that is not differentiable."""
     guard: str | None = None
@@ -46,7 +49,7 @@ class Case:
 
     def recorded(self) -> dict[str, Any]:
         """The case as plans.yaml spells it: ``execute`` when set, the SQL when there is some."""
-        fields = {"name": self.name, "query": self.query}
+        fields: dict[str, Any] = {"name": self.name, "query": self.query}
         if self.execute is not None:
             fields["execute"] = self.execute
         fields |= {
@@ -127,7 +130,17 @@ def compiled(case: Case, facts: CatalogFacts) -> Case:
     )
 
 
+def _rewrite() -> None:
+    document, facts, cases = load()
+    out = []
+    for case in cases:
+        try:
+            out.append(compiled(case, facts))
+        except Exception as error:
+            raise SystemExit(f"case {case.name}: {type(error).__name__}: {error}") from error
+    save(document, out)
+    print(f"rewrote {PLANS} ({len(cases)} cases); review the diff")
+
+
 if __name__ == "__main__":
-    DOCUMENT, FACTS, CASES = load()
-    save(DOCUMENT, [compiled(case, FACTS) for case in CASES])
-    print(f"rewrote {PLANS} ({len(CASES)} cases); review the diff")
+    _rewrite()

@@ -8,6 +8,7 @@ each round snapshots the sources, applies random changes, stages the Z-set diffe
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -230,11 +231,21 @@ def mutate(conn: psycopg.Connection[Any], spec: TableSpec, rng: random.Random) -
 class Maintained:
     """A stream table maintained by a compiled plan, checked after every refresh."""
 
-    def __init__(self, conn: psycopg.Connection[Any], query: str, name: str = "st") -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        query: str,
+        name: str = "st",
+        plan: DeltaPlan | None = None,
+    ) -> None:
+        """``plan``: the plan of ``query`` to maintain it by; by default it is compiled
+        against the tables of the database."""
         self.conn = conn
         self.query = query
         self.storage = sql.Identifier("public", name)
-        self.plan: DeltaPlan = compile_query(query, catalog_of(conn), ("public", name))
+        self.plan: DeltaPlan = (
+            compile_query(query, catalog_of(conn), ("public", name)) if plan is None else plan
+        )
         assert self.plan.differentiable, self.plan.reasons
         conn.execute(
             sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
@@ -247,6 +258,11 @@ class Maintained:
         )
         conn.commit()
         self.check("initial population")
+
+    @functools.cached_property
+    def apply_sql(self) -> str:
+        """``plan.apply_sql()``, made once: it parses the delta query again at every call."""
+        return self.plan.apply_sql()
 
     def snapshot(self) -> None:
         for source in self.plan.sources:
@@ -333,7 +349,7 @@ class Maintained:
                 row = self.conn.execute(sql.SQL(self.plan.guard_query)).fetchone()
                 applied = bool(row and row[0])
             if applied:
-                self.conn.execute(sql.SQL(self.plan.apply_sql()))
+                self.conn.execute(sql.SQL(self.apply_sql))
             else:
                 self.conn.execute(sql.SQL("DELETE FROM {}").format(self.storage))
                 self.conn.execute(
@@ -490,18 +506,23 @@ def _key_value(column: Column, spec: RandomTable, rng: random.Random) -> Value:
 
 
 def _fresh_key(
-    conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random
+    conn: psycopg.Connection[Any],
+    spec: RandomTable,
+    rng: random.Random,
+    used: set[tuple[Value, ...]] | None = None,
 ) -> dict[str, Value]:
-    """Values of the primary key no row has: drawn at random, else past the largest one."""
+    """Values of the primary key no row has (``used``, else read from the table): drawn at
+    random, else past the largest one."""
     key = spec.table.primary_key
     columns = [c for name in key for c in spec.table.columns if c.name == name]
-    used = set(
-        conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, key)), spec.identifier
-            )
-        ).fetchall()
-    )
+    if used is None:
+        used = set(
+            conn.execute(
+                sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, key)), spec.identifier
+                )
+            ).fetchall()
+        )
     for _ in range(20):
         candidate = tuple(_key_value(c, spec, rng) for c in columns)
         if candidate not in used:
@@ -534,23 +555,41 @@ def create_random_tables(
         conn.execute(
             sql.SQL("CREATE TABLE {} ({})").format(spec.identifier, sql.SQL(", ").join(columns))
         )
+        used: set[tuple[Value, ...]] = set()
+        rows = []
         for _ in range(spec.rows):
-            _insert_random(conn, spec, rng)
+            row = _random_row(conn, spec, rng, used)
+            used.add(tuple(row[name] for name in table.primary_key))
+            rows.append(row)
+        if rows:
+            with conn.cursor() as cursor:
+                cursor.executemany(_insert_sql(spec, rows[0]), [list(r.values()) for r in rows])
     conn.commit()
 
 
-def _insert_random(conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random) -> None:
+def _random_row(
+    conn: psycopg.Connection[Any],
+    spec: RandomTable,
+    rng: random.Random,
+    used: set[tuple[Value, ...]] | None = None,
+) -> dict[str, Value]:
     row = {c.name: _random_column(c, rng) for c in spec.values}
     if spec.table.primary_key:
-        row = {**_fresh_key(conn, spec, rng), **row}
-    conn.execute(
-        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            spec.identifier,
-            sql.SQL(", ").join(map(sql.Identifier, row)),
-            sql.SQL(", ").join(sql.Placeholder() * len(row)),
-        ),
-        list(row.values()),
+        row = {**_fresh_key(conn, spec, rng, used), **row}
+    return row
+
+
+def _insert_sql(spec: RandomTable, row: dict[str, Value]) -> sql.Composed:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        spec.identifier,
+        sql.SQL(", ").join(map(sql.Identifier, row)),
+        sql.SQL(", ").join(sql.Placeholder() * len(row)),
     )
+
+
+def _insert_random(conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random) -> None:
+    row = _random_row(conn, spec, rng)
+    conn.execute(_insert_sql(spec, row), list(row.values()))
 
 
 def mutate_random(conn: psycopg.Connection[Any], spec: RandomTable, rng: random.Random) -> None:
@@ -597,16 +636,18 @@ def maintain_at_random(
     seed: int,
     rounds: int = 4,
     changes: int = 10,
+    planner: Callable[[psycopg.Connection[Any]], DeltaPlan] | None = None,
 ) -> Maintained:
     """Create ``tables`` at random, maintain ``query`` over ``rounds`` of up to ``changes``
     random changes each, and check the storage after every refresh.
 
-    The connection's search path must reach every table (the staging names them unqualified).
+    ``planner`` makes the plan once the tables exist (default: compile the query). The
+    connection's search path must reach every table (the staging names them unqualified).
     """
     rng = random.Random(seed)
     create_random_tables(conn, tables, rng)
     try:
-        maintained = Maintained(conn, query)
+        maintained = Maintained(conn, query, plan=None if planner is None else planner(conn))
     except Exception as error:
         raise AssertionError(f"seed {seed}, initial population: {error}") from error
     for number in range(rounds):
