@@ -78,7 +78,8 @@ def test_keys_equal_by_value_land_in_one_group(refresher: Refresher, db: Databas
     for table, (columns, query) in queries.items():
         assert same_by_equality(db.dsn, table, columns, query) == [], table
     with psycopg.connect(db.dsn) as conn:
-        groups = dict(conn.execute("SELECT n::text IS NULL, count(*) FROM by_n GROUP BY 1"))
+        rows = conn.execute("SELECT n::text IS NULL, count(*) FROM by_n GROUP BY 1").fetchall()
+        groups: dict[bool, int] = {bool(k): int(v) for k, v in rows}
         assert groups == {False: 2, True: 1}, "1.0, 1.00 and 1.000 are one group; NULL is one"
         assert conn.execute("SELECT count(*) FROM by_f").fetchone() == (2,)  # 0 and -0, NULL
         assert conn.execute("SELECT count(*) FROM by_ab").fetchone() == (3,)
