@@ -1,7 +1,8 @@
 """Inner join of n inputs: Δ(R₁⋈…⋈Rₙ) = Σᵢ R₁'⋈…⋈Rᵢ₋₁'⋈ΔRᵢ⋈Rᵢ₊₁⋈…⋈Rₙ.
 
 ' is the new state, unprimed the old one (derived as new - Δ by the inputs' rules): n terms
-per delta term of an input, not the 2ⁿ - 1 of nesting the binary rule. Weights multiply.
+per delta term of an input, not the 2ⁿ - 1 of nesting the binary rule. Weights multiply; an
+old base table in a product is the Z-set new - Δ (its weight a factor too).
 
 >>> from dvm import sql
 >>> from dvm.catalog import Column, SourceTable
@@ -21,8 +22,8 @@ per delta term of an input, not the 2ⁿ - 1 of nesting the binary rule. Weights
 ...     return "old" if "UNION" in text else "new"
 >>> for term in derived.delta:
 ...     print([kind(item) for item in term.items], render(term.weight()))
-['delta', 'old', 'old'] "r"."__pgt_w"
-['new', 'delta', 'old'] "s"."__pgt_w"
+['delta', 'old', 'old'] "r"."__pgt_w" * "s"."__pgt_w" * "t"."__pgt_w"
+['new', 'delta', 'old'] "s"."__pgt_w" * "t"."__pgt_w"
 ['new', 'new', 'delta'] "t"."__pgt_w"
 """
 
