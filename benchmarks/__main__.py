@@ -1,8 +1,11 @@
-"""`./run bench [latency|refresh|decode|all]`: the measured targets of docs/benchmarks.md.
+"""`./run bench [latency|refresh|decode|tpch|all]`: the measured targets of docs/benchmarks.md.
 
 - latency: commit-to-visible of a filter/project stream table at 20 commits/s, daemon running.
 - refresh: differential against full refresh for 0.1% and 1% changes of a 1,000,000-row source.
 - decode: the pure-Python pgoutput decoder on captured-shape Insert messages.
+- tpch: TPC-H queries refreshed differentially, fully, by auto and by REFRESH MATERIALIZED
+  VIEW after 0.1%, 1% and 10% changed orders, and differentially at two scales. It takes
+  more than an hour at scale 1, so `all` leaves it out: run it on its own.
 
 Each runs on a private cluster it starts and removes.
 """
@@ -20,7 +23,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from benchmarks import decode_bench
+from benchmarks import decode_bench, tpch_bench
 from pgtrickle import logs
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.cluster import LocalCluster, temporary_cluster
@@ -181,14 +184,44 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["latency", "refresh", "decode", "all"]
+        "which", nargs="?", default="all", choices=["latency", "refresh", "decode", "tpch", "all"]
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="latency run length")
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
     parser.add_argument("--rows", type=int, default=1_000_000, help="refresh source rows")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="tpch scale factor (the scale check: and /10)"
+    )
+    parser.add_argument(
+        "--queries",
+        default=",".join(tpch_bench.DEFAULT_QUERIES),
+        help="tpch queries, comma-separated",
+    )
+    parser.add_argument(
+        "--shares",
+        default=",".join(f"{s:g}" for s in tpch_bench.SHARES),
+        help="tpch shares of orders changed, comma-separated",
+    )
+    parser.add_argument(
+        "--no-scale-check", action="store_true", help="tpch: skip the scale/10 comparison"
+    )
+    parser.add_argument(
+        "--limit", type=float, default=60.0, help="tpch: seconds a stream table refresh may take"
+    )
     args = parser.parse_args(argv)
     logs.configure("warning")
+    if args.which == "tpch":
+        report = tpch_bench.run(
+            args.scale,
+            args.repeats,
+            [q.strip() for q in args.queries.split(",") if q.strip()],
+            [float(s) for s in args.shares.split(",")],
+            scale_check=not args.no_scale_check,
+            limit_s=args.limit,
+        )
+        print(tpch_bench.markdown(report))
+        return 0
     print(
         f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()}: "
         f"{platform.processor() or platform.machine()}, "
