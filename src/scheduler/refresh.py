@@ -347,6 +347,10 @@ class Refresher:
                     for block in out:
                         into.write(block)
                 total += max(cur.rowcount, 0)
+            # the planner's guess for an unanalyzed table is a few rows whatever is staged
+            self.conn.execute(
+                sql.SQL("ANALYZE pg_temp.{}").format(sql.Identifier(source.staging_table))
+            )
         return False, total
 
     def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
