@@ -34,7 +34,7 @@ from dvm.catalog import CatalogFacts, SourceTable, View
 from dvm.dialect import parse_one
 from dvm.errors import UnsupportedQuery
 from dvm.naming import identifier_name, output_name
-from dvm.resolve import lookup_relation
+from dvm.resolve import lookup_relation, parenthesized_from
 from dvm.zset import ROW_ID
 
 _Q = "__pgt_q"
@@ -147,9 +147,8 @@ def output_names(
     items: list[tuple[str, list[str] | None]] = []
     from_ = node.args.get("from_")
     if from_ is not None:
-        items.append(_item_columns(from_.this, query, catalog, scope))
-        for join in node.args.get("joins") or []:
-            items.append(_item_columns(join.this, query, catalog, scope))
+        for item in _from_items(from_.this, node.args.get("joins") or []):
+            items.append(_item_columns(item, query, catalog, scope))
     names: list[str] = []
     for item in node.expressions:
         if isinstance(item, exp.Star):
@@ -170,6 +169,20 @@ def output_names(
         else:
             names.append(output_name(item, query))
     return names
+
+
+def _from_items(first: exp.Expr, joins: Sequence[exp.Join]) -> list[exp.Expr]:
+    """The FROM items in order, those of parenthesized joins included."""
+    items = []
+    for item in [first, *(join.this for join in joins)]:
+        if isinstance(item, exp.Subquery) and parenthesized_from(item):
+            inner = item.this
+            base = inner.copy()
+            base.set("joins", None)
+            items.extend(_from_items(base, inner.args.get("joins") or []))
+        else:
+            items.append(item)
+    return items
 
 
 def _item_columns(

@@ -328,6 +328,8 @@ class _Resolver:
             calls=(),
             having=None,
             outputs=tuple(Output(c, k) for c, k in zip(relation.columns, keys, strict=True)),
+            not_null=(False,) * len(keys),
+            key_types=_types_of(relation),
             distinct=True,
         )
 
@@ -407,6 +409,8 @@ class _Resolver:
         if having is not None:
             self._check_expressions([having])
 
+        # before the FROM is built: the predicates read columns of its tables
+        semi_joins = [self._semi_join(conjunct, scope) for conjunct, _ in semis]
         rows: Rows = self._build(tree)
         for kind, scan, condition in scope.joins:
             if kind == "inner":
@@ -415,8 +419,8 @@ class _Resolver:
                 rows = OuterJoin(JoinKind.LEFT, rows, scan, condition or exp.true())
         if filters:
             rows = Filter(rows, sql.and_all(filters) or exp.true())
-        for conjunct, _ in semis:
-            rows = self._semi_join(rows, conjunct, scope)
+        for subscan, condition, negated, written in semi_joins:
+            rows = SemiJoin(rows, subscan, condition, negated, written)
 
         exposed: list[Output] = []
         if correlation:
@@ -523,7 +527,7 @@ class _Resolver:
         return tree
 
     def _from_item(self, node: exp.Expr, scope: _Scope) -> _From:
-        if isinstance(node, exp.Subquery) and not isinstance(node.this, exp.Query):
+        if isinstance(node, exp.Subquery) and parenthesized_from(node):
             if node.args.get("alias") is not None:
                 raise _refuse("an aliased join", "name the joined tables, not the join")
             inner = node.this
@@ -754,18 +758,24 @@ class _Resolver:
 
     # -- subqueries -----------------------------------------------------------------------
 
-    def _semi_join(self, rows: Rows, conjunct: exp.Expr, scope: _Scope) -> Rows:
+    def _semi_join(
+        self, conjunct: exp.Expr, scope: _Scope
+    ) -> tuple[SubqueryScan, exp.Expr, bool, str]:
+        """The subquery of an [NOT] EXISTS / IN conjunct as a scan, and the condition that
+        finds a row's partners in it."""
         negated = isinstance(conjunct, exp.Not)
         predicate = conjunct.this if negated else conjunct
         while isinstance(predicate, exp.Paren):
             predicate = predicate.this
         alias = self.fresh("sq")
+        names: tuple[str, ...]
         if isinstance(predicate, exp.Exists):
             relation, correlation = self.correlated_query(
                 predicate.this, scope, scope.ctes, alias=alias, exists=True
             )
             condition = sql.and_all(correlation) or exp.true()
             written = "NOT EXISTS" if negated else "EXISTS"
+            names = relation.columns
         else:
             assert isinstance(predicate, exp.In)
             subquery = predicate.args["query"]
@@ -783,7 +793,9 @@ class _Resolver:
                     else "subquery has too few columns",
                     detail=f"{len(values)} values compared with {width} columns",
                 )
-            columns = [sql.col(alias, c) for c in relation.columns[:width]]
+            # the compared outputs by position: their names may repeat (or be ?column?)
+            names = tuple(f"__pgt_v{i}" for i in range(1, width + 1)) + relation.columns[width:]
+            columns = [sql.col(alias, c) for c in names[:width]]
             equal: exp.Expr = (
                 sql.and_all([v.eq(c) for v, c in zip(values, columns, strict=True)]) or exp.true()
             )
@@ -793,8 +805,8 @@ class _Resolver:
                 equal = exp.Not(this=exp.Is(this=exp.paren(equal), expression=exp.false()))
             condition = sql.and_all([*correlation, equal]) or exp.true()
             written = "NOT IN" if negated else "IN"
-        subscan = SubqueryScan(relation, alias, relation.columns, f"{written} subquery")
-        return SemiJoin(rows, subscan, condition, negated, written)
+        subscan = SubqueryScan(relation, alias, names, f"{written} subquery")
+        return subscan, condition, negated, written
 
     def _scalar(self, node: exp.Subquery, scope: _Scope) -> exp.Expr:
         """A scalar subquery: joined to the FROM as a one-row relation, its value a column."""
@@ -983,7 +995,7 @@ class _Resolver:
         found = scales(argument, type_of)
         if exact and found is not None and len(found) == 1:
             return f"numeric(1000,{next(iter(found))})"
-        return None
+        return "numeric" if exact else None
 
     def _check_expressions(self, expressions: list[exp.Expr]) -> None:
         reasons = []
@@ -1133,7 +1145,7 @@ class _Resolver:
             outputs=outputs,
             scalar=scalar,
             not_null=tuple(self._not_null(k, scope) for k in keys),
-            key_types=tuple(self._type(k, scope) for k in keys),
+            key_types=tuple(self._output_type(k, scope) for k in keys),
         )
 
     def _distinct(self, rows: Rows, outputs: tuple[Output, ...], scope: _Scope) -> Aggregate:
@@ -1145,7 +1157,7 @@ class _Resolver:
             having=None,
             outputs=outputs,
             not_null=tuple(self._not_null(k, scope) for k in keys),
-            key_types=tuple(self._type(k, scope) for k in keys),
+            key_types=tuple(self._output_type(k, scope) for k in keys),
             distinct=True,
         )
 
@@ -1155,7 +1167,33 @@ def _types_of(relation: Relation) -> tuple[str | None, ...]:
         return relation.types
     if isinstance(relation, TopK):
         return _types_of(relation.input)
+    if isinstance(relation, UnionAll | SetOperation):
+        inputs = (
+            relation.inputs if isinstance(relation, UnionAll) else (relation.left, relation.right)
+        )
+        return tuple(_common_type(types) for types in zip(*map(_types_of, inputs), strict=True))
     return (None,) * len(relation.columns)
+
+
+def _common_type(types: tuple[str | None, ...]) -> str | None:
+    """The type of a set operation's column from its inputs' (as far as hashing goes: a
+    numeric anywhere makes the column numeric, or floating point, which hashes by sign)."""
+    if types and all(t == types[0] for t in types):
+        return types[0]
+    if any(t is not None and t.split("(")[0].strip() in ("numeric", "decimal") for t in types):
+        return "numeric"
+    return None
+
+
+def parenthesized_from(node: exp.Subquery) -> bool:
+    """``(a JOIN b ...)`` or ``((SELECT ...) AS d JOIN b ...)``: FROM items in parentheses,
+    not a derived table (sqlglot parses both as a Subquery)."""
+    inner = node.this
+    if not isinstance(inner, exp.Query):
+        return True
+    return isinstance(inner, exp.Subquery) and bool(
+        inner.args.get("joins") or inner.args.get("alias")
+    )
 
 
 def _union_inputs(relation: Relation) -> tuple[Relation, ...]:

@@ -57,6 +57,14 @@ def row_hash(values: Sequence[exp.Expr]) -> exp.Expr:
     return func("HASHTEXTEXTENDED", row_text(values), lit(0))
 
 
+def group_key(key: exp.Expr) -> exp.Expr:
+    """``key`` as a GROUP BY item: a constant is written ``(SELECT c)``, since PostgreSQL reads a
+    bare literal there as an output's position (``1``) or refuses it (``1.5``, ``'x'``)."""
+    if any(True for _ in key.find_all(exp.Column)):
+        return key.copy()
+    return exp.Subquery(this=exp.select(key.copy()))
+
+
 def coalesce_zero(expression: exp.Expr) -> exp.Expr:
     return exp.Coalesce(this=expression, expressions=[lit(0)])
 
@@ -71,6 +79,10 @@ UNHASHABLE_TYPES = frozenset(
     {"money", "bit", "bit varying", "tsvector", "tsquery", "point", "box", "line", "lseg"}
 )
 """Types without a hash operator class: their values are hashed by their text."""
+
+
+def _signless_hash(type_: str | None) -> bool:
+    return type_ is not None and type_.split("(")[0].strip() in ("numeric", "decimal")
 
 
 def hashable(type_: str | None) -> bool:
@@ -90,7 +102,12 @@ def value_hash(values: Sequence[exp.Expr], types: Sequence[str | None] = ()) -> 
     kinds = list(types) + [None] * (len(values) - len(types))
     hashed: list[exp.Expr] = []
     for value, kind in zip(values, kinds, strict=True):
-        hashed.append(value.copy() if hashable(kind) else cast(value.copy(), "text"))
+        untyped = isinstance(value, exp.Literal) and value.is_string  # 'x' is of type unknown
+        by_text = untyped or not hashable(kind)
+        hashed.append(cast(value.copy(), "text") if by_text else value.copy())
         # a NULL hashes like 0.0 (both 0): its flag tells them apart
         hashed.append(exp.Is(this=value.copy(), expression=exp.Null()))
+        if _signless_hash(kind):
+            # numeric's hash ignores the sign: 1.5 and -1.5 hash alike
+            hashed.append(exp.LT(this=value.copy(), expression=lit(0)))
     return func("HASH_RECORD_EXTENDED", func("ROW", *hashed), lit(0))

@@ -39,7 +39,7 @@ def grouped(
     """``SELECT columns FROM term GROUP BY keys HAVING having``, restricted to some groups."""
     select = term.select(columns, weighted=False)
     if node.group_by:
-        select = select.group_by(*[key.copy() for key in node.group_by], copy=False)
+        select = select.group_by(*[sql.group_key(key) for key in node.group_by], copy=False)
         if restriction is not None:
             select = select.where(restriction, copy=False)
     elif restriction is not None:
