@@ -61,8 +61,26 @@ def merge(storage: tuple[str, str], delta: exp.Query, columns: Sequence[str]) ->
     )
 
 
-def bag(storage: tuple[str, str], delta: exp.Query, columns: Sequence[str]) -> exp.Select:
-    """Apply ``delta`` (row id, weight, ``columns``) to a storage table holding duplicates."""
+def bag(
+    storage: tuple[str, str],
+    delta: exp.Query,
+    columns: Sequence[str],
+    *,
+    guard: str | None = None,
+) -> exp.Select:
+    """Apply ``delta`` (row id, weight, ``columns``) to a storage table holding duplicates.
+
+    ``guard``: the name of a CTE of ``delta`` with one boolean ``valid`` (whether its rows
+    are the whole change, see ``dvm.topk``); the statement returns it as a third value.
+    """
+    hoisted: list[exp.CTE] = []
+    if guard is not None:
+        # the guard's CTE must be visible to the final SELECT: the delta's CTEs move up
+        delta = delta.copy()
+        with_ = delta.args.get("with_")
+        assert with_ is not None and any(cte.alias == guard for cte in with_.expressions)
+        hoisted = list(with_.expressions)
+        delta.set("with_", None)
     weight = sql.col(_SOURCE, BAG_WEIGHT)
     numbered = (
         exp.select(
@@ -127,9 +145,18 @@ def bag(storage: tuple[str, str], delta: exp.Query, columns: Sequence[str]) -> e
     def counted(cte: str, name: str) -> exp.Expr:
         return sql.alias(exp.select(exp.Count(this=exp.Star())).from_(cte).subquery(), name)
 
+    outputs = [counted("__pgt_deleted", "deleted"), counted("__pgt_inserted", "inserted")]
+    if guard is not None:
+        outputs.append(
+            sql.alias(exp.select(sql.col(None, "valid")).from_(guard).subquery(), "valid")
+        )
+    statement = exp.select(*outputs)
+    for cte in hoisted:
+        statement = statement.with_(
+            cte.alias, as_=cte.this, materialized=cte.args.get("materialized"), copy=False
+        )
     return (
-        exp.select(counted("__pgt_deleted", "deleted"), counted("__pgt_inserted", "inserted"))
-        .with_(_SOURCE, as_=delta, copy=False)
+        statement.with_(_SOURCE, as_=delta, copy=False)
         .with_("__pgt_deleted", as_=delete, copy=False)
         .with_("__pgt_inserted", as_=insert, copy=False)
     )

@@ -28,6 +28,7 @@ from dvm.catalog import SourceTable
 from dvm.dialect import parse_one, render
 from dvm.operators import Aggregate, AggregateClass, Operator, explain_tree, walk
 from dvm.reason import Reason
+from dvm.zset import GUARD
 
 ROW_ID_SETTINGS: tuple[tuple[str, str], ...] = (
     ("DateStyle", "ISO, MDY"),
@@ -132,4 +133,5 @@ class DeltaPlan:
         columns = [*self.user_columns, *self.aux_columns]
         if self.apply_strategy is ApplyStrategy.KEYED:
             return render(apply.merge(self.storage, delta, columns))
-        return render(apply.bag(self.storage, delta, columns))
+        guard = GUARD if self.guard_query is not None else None
+        return render(apply.bag(self.storage, delta, columns, guard=guard))

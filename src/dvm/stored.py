@@ -57,7 +57,8 @@ class StoredPlan:
     reasons: tuple[Reason, ...] = ()
     explain: str = ""
     guard_query: str | None = None
-    """One boolean: whether ``apply_sql`` is valid for this refresh (else refresh fully)."""
+    """One boolean: whether ``apply_sql`` is valid for this refresh (else refresh fully).
+    Plans written since the apply statement returns the guard's verdict itself have none."""
     aggregates: tuple[tuple[str, str, str], ...] = ()
     """(call, class, why) of each aggregate maintained: what ``explain`` lists."""
 
@@ -153,6 +154,7 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         differentiable=plan.differentiable,
         reasons=plan.reasons,
         explain=plan.explain(),
-        guard_query=plan.guard_query,
+        # the apply statement evaluates the guard itself (a third value: valid)
+        guard_query=None,
         aggregates=tuple((call, kind.value, why) for call, kind, why in plan.aggregate_classes()),
     )

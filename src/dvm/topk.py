@@ -15,7 +15,7 @@ from sqlglot import exp
 from dvm import consolidate, sql
 from dvm.operators import TopK
 from dvm.rules.limit import first_rows, qualified
-from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRelation, aliased, cte_item
+from dvm.zset import GUARD, ROW_ID, WEIGHT, Context, DerivedRelation, aliased, cte_item
 
 
 def _stored(storage: tuple[str, str], columns: tuple[str, ...], weight: exp.Expr) -> exp.Select:
@@ -84,7 +84,14 @@ def delta_query(
     identified = exp.select(
         sql.alias(sql.row_hash(values), ROW_ID), sql.col("z", WEIGHT), *values
     ).from_(change.subquery(sql.ident("z")), copy=False)
-    return context.statement(consolidate.bag(identified, columns))
+    # the guard in the same statement: its candidates are derived once, and when it fails
+    # there are no rows (the apply reports it, and the refresh recomputes)
+    context.ctes.append((GUARD, exp.select(sql.alias(_valid(node, candidates, storage), "valid"))))
+    holds = exp.select(sql.col(None, "valid")).from_(GUARD).subquery()
+    changes = exp.select(exp.Star()).from_(
+        consolidate.bag(identified, columns).subquery(sql.ident("__pgt_g")), copy=False
+    )
+    return context.statement(changes.where(holds, copy=False))
 
 
 def _numbered(node: TopK, rows: exp.Query, alias: str) -> exp.Select:
@@ -101,8 +108,12 @@ def guard_query(
     node: TopK, input: DerivedRelation, context: Context, storage: tuple[str, str]
 ) -> exp.Select:
     """One boolean: whether the candidates hold the new first rows (else: recompute)."""
-    columns = node.columns
     candidates = _candidates(node, input, context, storage)
+    return context.statement(exp.select(sql.alias(_valid(node, candidates, storage), "valid")))
+
+
+def _valid(node: TopK, candidates: str, storage: tuple[str, str]) -> exp.Expr:
+    columns = node.columns
     stored = exp.select(*[sql.col("s", c) for c in columns]).from_(sql.table(*storage, alias="s"))
     kth = (
         exp.select(sql.alias(sql.lit("k"), "__pgt_tag"), *[sql.col("c", c) for c in columns])
@@ -125,8 +136,7 @@ def guard_query(
         .limit(1, copy=False)
     )
     count = exp.select(exp.Count(this=exp.Star())).from_(sql.table(*storage, alias="s"))
-    valid = exp.or_(
+    return exp.or_(
         exp.LT(this=count.subquery(), expression=sql.lit(node.limit)),
         exp.EQ(this=first.subquery(), expression=sql.lit("k")),
     )
-    return context.statement(exp.select(sql.alias(valid, "valid")))

@@ -35,6 +35,8 @@ from dvm import sql
 
 ROW_ID = "__pgt_row_id"
 WEIGHT = "__pgt_w"
+GUARD = "__pgt_guard"
+"""The CTE of a TopK's delta query holding its guard: one row, a boolean ``valid``."""
 
 
 def aliased(item: exp.Expr, alias: str, columns: Sequence[str] | None = None) -> exp.Expr:

@@ -250,16 +250,28 @@ class Refresher:
             result.delta_rows = staged
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged and not self._guard_holds(st):
-            result.reason = "TopK: a row that was not among the stored first rows came in"
+            result.reason = _TOPK_MISSED
             log.warning(
                 "recomputing the first rows", stream_table=st.display_name, reason=result.reason
             )
             result.delta_rows = staged
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged:
-            result.action = RefreshAction.DIFFERENTIAL
             result.delta_rows = staged
-            result.rows_changed = self._apply_delta(st)
+            applied = self._apply_delta(st)
+            if applied is None:
+                result.reason = _TOPK_MISSED
+                log.warning(
+                    "recomputing the first rows",
+                    stream_table=st.display_name,
+                    reason=result.reason,
+                )
+                result.rows_changed = recompute(
+                    self.conn, st.qualified_name, st.plan, what=_what(st)
+                )
+            else:
+                result.action = RefreshAction.DIFFERENTIAL
+                result.rows_changed = applied
         else:
             result.action = RefreshAction.NO_DATA
         timings["apply_ms"] = _ms(t0)
@@ -287,13 +299,19 @@ class Refresher:
         row = self.conn.execute(st.plan.guard_query.encode()).fetchone()
         return bool(row and row[0])
 
-    def _apply_delta(self, st: StreamTable) -> int:
+    def _apply_delta(self, st: StreamTable) -> int | None:
+        """Rows changed; None when the statement's own guard failed and it changed nothing."""
         apply_sql = st.plan.apply_sql
         assert apply_sql is not None, "a differential plan has an apply statement"
         cur = self.conn.execute(apply_sql.encode())
         if st.plan.apply_strategy is ApplyStrategy.BAG:
-            counts = cur.fetchone()  # (deleted, inserted)
-            return sum(counts) if counts else 0
+            # (deleted, inserted), and for a TopK whether its guard held
+            row = cur.fetchone()
+            if row is None:
+                return 0
+            if len(row) > 2 and not row[2]:
+                return None
+            return int(row[0]) + int(row[1])
         return max(cur.rowcount, 0)
 
     def _wait_buffered(self, lsn: int) -> None:
@@ -402,6 +420,9 @@ def differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, in
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+_TOPK_MISSED = "TopK: a row that was not among the stored first rows came in"
 
 
 def _what(st: StreamTable) -> str:

@@ -344,13 +344,16 @@ class Maintained:
         """Apply the delta (or recompute when the plan's guard says it does not hold);
         whether the delta was applied."""
         with self.conn.transaction():
-            applied = True
+            guard: bool | None = None
             if self.plan.guard_query is not None:
                 row = self.conn.execute(sql.SQL(self.plan.guard_query)).fetchone()
-                applied = bool(row and row[0])
-            if applied:
-                self.conn.execute(sql.SQL(self.apply_sql))
-            else:
+                guard = bool(row and row[0])
+            cursor = self.conn.execute(sql.SQL(self.apply_sql))
+            counts = cursor.fetchone() if cursor.description is not None else None
+            # a TopK's apply statement evaluates the guard itself: (deleted, inserted, valid)
+            applied = counts is None or len(counts) < 3 or bool(counts[2])
+            assert guard is None or guard == applied, "the apply and the guard disagree"
+            if not applied:
                 self.conn.execute(sql.SQL("DELETE FROM {}").format(self.storage))
                 self.conn.execute(
                     sql.SQL("INSERT INTO {} {}").format(

@@ -1,0 +1,63 @@
+"""A TopK stream table holds exactly the first rows: a change among them is applied; one
+that needs a row it did not store is recomputed, and the refresh history says why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import create_schema
+from pgtrickle.reconcile import apply
+from scheduler.refresh import RefreshAction, Refresher
+from tests.e2e.test_auto import last_reason
+from tests.fixtures.cluster import Database
+from tests.fixtures.streams import mismatched, running_reader
+from walstream.catalog import get_stream_table
+
+YAML = """
+stream_tables:
+  - name: biggest
+    query: SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 5
+    refresh_mode: differential
+"""
+
+
+@pytest.fixture
+def refresher(db: Database) -> Iterator[Refresher]:
+    create_schema(db.dsn, customers=10, orders=200, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_reader(db.dsn) as reader, Refresher(db.dsn, reader, check=True) as refresher:
+        yield refresher
+
+
+def stored_ids(dsn: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id FROM biggest ORDER BY amount DESC NULLS LAST, id")
+        return [row[0] for row in rows]
+
+
+def test_a_new_first_row_is_applied(refresher: Refresher, db: Database) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = 99999999 WHERE id = 7")
+    result = refresher.refresh(get_stream_table(refresher.staging, "biggest"))
+    assert result.action is RefreshAction.DIFFERENTIAL
+    assert stored_ids(db.dsn)[0] == 7
+    assert mismatched(db.dsn) == {}
+
+
+def test_a_first_row_leaving_is_recomputed_with_the_reason(
+    refresher: Refresher, db: Database
+) -> None:
+    first = stored_ids(db.dsn)[0]
+    with psycopg.connect(db.dsn) as conn:
+        # the 6th row, which the stream table does not hold, comes in
+        conn.execute("DELETE FROM orders WHERE id = %s", (first,))
+    result = refresher.refresh(get_stream_table(refresher.staging, "biggest"))
+    assert result.action is RefreshAction.FULL
+    reason = last_reason(db.dsn)
+    assert reason is not None and reason.startswith("TopK:")
+    assert first not in stored_ids(db.dsn) and len(stored_ids(db.dsn)) == 5
+    assert mismatched(db.dsn) == {}
