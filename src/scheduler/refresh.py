@@ -303,7 +303,14 @@ class Refresher:
         """Rows changed; None when the statement's own guard failed and it changed nothing."""
         apply_sql = st.plan.apply_sql
         assert apply_sql is not None, "a differential plan has an apply statement"
+        # A delta query joins small deltas to whole tables through unions (a source's old
+        # state is the table and its delta), which have no statistics: the planner then
+        # overestimates, and sorts whole tables for merge joins that a nested loop over an
+        # index avoids (TPC-H Q3 at 0.1%: 216 -> 11 ms). Only for this statement.
+        # (after a failure the transaction is rolled back, and the setting with it)
+        self.conn.execute("SET LOCAL enable_mergejoin = off")
         cur = self.conn.execute(apply_sql.encode())
+        self.conn.execute("SET LOCAL enable_mergejoin = on")
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             # (deleted, inserted), and for a TopK whether its guard held
             row = cur.fetchone()
