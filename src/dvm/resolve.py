@@ -412,6 +412,15 @@ class _Resolver:
         # before the FROM is built: the predicates read columns of its tables
         semi_joins = [self._semi_join(conjunct, scope) for conjunct, _ in semis]
         rows: Rows = self._build(tree)
+        if isinstance(rows, InnerJoin):
+            # WHERE conjuncts over the FROM's tables join them: in the join's condition every
+            # delta term carries them (and a grouped input can be reduced by them)
+            bound = {entry.alias for entry in _entries(tree)}
+            joining = [f for f in filters if _reads_only(f, bound)]
+            if joining:
+                filters = [f for f in filters if not any(f is j for j in joining)]
+                condition = sql.and_all([c for c in (rows.condition, *joining) if c is not None])
+                rows = InnerJoin(rows.inputs, condition)
         for kind, scan, condition in scope.joins:
             if kind == "inner":
                 rows = InnerJoin((rows, scan), condition)
@@ -1183,6 +1192,13 @@ def _common_type(types: tuple[str | None, ...]) -> str | None:
     if any(t is not None and t.split("(")[0].strip() in ("numeric", "decimal") for t in types):
         return "numeric"
     return None
+
+
+def _reads_only(expression: exp.Expr, aliases: set[str]) -> bool:
+    """Whether ``expression`` reads columns of ``aliases`` only, and no subquery."""
+    if expression.find(exp.Subquery, exp.Exists) is not None:
+        return False
+    return all(column.table in aliases for column in expression.find_all(exp.Column))
 
 
 def parenthesized_from(node: exp.Subquery) -> bool:

@@ -26,8 +26,8 @@ FROM "pg_temp"."__pgt_delta_1" AS "o"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -70,6 +70,9 @@ class Term:
     conditions: tuple[exp.Expr, ...] = ()
     factors: tuple[exp.Expr, ...] = ()
     sign: int = 1
+    deltas: frozenset[str] = frozenset()
+    """The aliases of the items that are staged or derived deltas (small: a term is driven
+    by them)."""
 
     def weight(self) -> exp.Expr:
         if not self.factors:
@@ -80,7 +83,7 @@ class Term:
         return exp.Neg(this=exp.paren(product)) if self.sign < 0 else product
 
     def where(self, *conditions: exp.Expr) -> Term:
-        return Term(self.items, (*self.conditions, *conditions), self.factors, self.sign)
+        return replace(self, conditions=(*self.conditions, *conditions))
 
     def times(self, other: Term) -> Term:
         """The cross product: items, conditions and weights of both."""
@@ -89,13 +92,14 @@ class Term:
             self.conditions + other.conditions,
             self.factors + other.factors,
             self.sign * other.sign,
+            self.deltas | other.deltas,
         )
 
     def negated(self) -> Term:
-        return Term(self.items, self.conditions, self.factors, -self.sign)
+        return replace(self, sign=-self.sign)
 
     def with_items(self, items: tuple[exp.Expr, ...]) -> Term:
-        return Term(items, self.conditions, self.factors, self.sign)
+        return replace(self, items=items)
 
     def as_item(self) -> exp.Expr:
         """The items as one FROM item: a join whose last ON holds the conditions."""
@@ -147,6 +151,9 @@ class DerivedRows:
     """The old state as a Z-set (new rows +1, the delta's -w): equal to ``old`` as a multiset
     and cheaper to join (a plain table in a UNION ALL, whose index the planner can use);
     valid where weights multiply (inner-join products), not in EXISTS or a rescan."""
+    reduced: Reducer | None = field(default=None, compare=False)
+    """The states with only the rows whose ``column`` is among the values of a query, when
+    that is cheaper than filtering them: a grouped relation computes only those groups."""
 
     @property
     def old_in_products(self) -> Term:
@@ -161,6 +168,14 @@ class DerivedRelation:
     new: exp.Query
     old: exp.Query
     delta: str
+    restricted: Restrictor | None = field(default=None, compare=False)
+    """(new, old) with only the rows whose ``column`` is among the values of a query (an
+    aggregate: the groups of those keys, the condition inside its GROUP BY query); None
+    where the column is not one it can restrict by."""
+
+
+Restrictor = Callable[[str, exp.Query], "tuple[exp.Query, exp.Query] | None"]
+Reducer = Callable[[str, exp.Query], "DerivedRows | None"]
 
 
 @dataclass

@@ -219,13 +219,19 @@ def staging_query(
     )
     value_names = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
 
+    def value(column: str, i: int) -> sql.Composable:
+        # a column the query does not read is staged as NULL: it is copied for nothing
+        if i in read:
+            return sql.SQL("b.{}").format(sql.Identifier(column))
+        return sql.SQL("NULL::{}").format(sql.SQL(source.column_types[i]))
+
     def side(weight: int, values: list[str], action: BufferAction) -> sql.Composed:
         return sql.SQL(
             "SELECT {weight}, {values} FROM {buffer} b WHERE {window}"
             " AND (b.action = {action} OR b.action = {update} AND ({changed}))"
         ).format(
             weight=sql.Literal(weight),
-            values=sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in values),
+            values=sql.SQL(", ").join(value(c, i) for i, c in enumerate(values)),
             buffer=source.buffer,
             window=window,
             action=sql.Literal(action.value),

@@ -292,6 +292,14 @@ REGRESSIONS: dict[str, Case] = {
         (ORDERS, EVENTS),
         (ROUND,),
     ),
+    # a grouped relation joined to a delta is reduced to the delta's keys; this delta is
+    # padded by a FULL JOIN, inside a joined item (compile_query raised StopIteration)
+    "correlated_count_over_a_full_join": Case(
+        "SELECT t1.id AS c1 FROM orders AS t1 FULL JOIN orders AS t2 ON t1.id = t2.id"
+        " WHERE t1.id = (SELECT count(*) FROM customers AS t3 WHERE t3.id = t1.id)",
+        (ORDERS, CUSTOMERS),
+        (("INSERT INTO customers VALUES (3, 'cy', 'north', NULL) ON CONFLICT DO NOTHING",),),
+    ),
 }
 
 

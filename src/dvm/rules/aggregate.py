@@ -14,6 +14,7 @@ from dataclasses import replace
 from sqlglot import exp
 
 from dvm import sql
+from dvm.dialect import render
 from dvm.operators import Aggregate
 from dvm.rules import Derived, rows, rule
 from dvm.rules.project import outputs_of
@@ -171,9 +172,24 @@ def aggregate(node: Aggregate, inputs: tuple[Derived], context: Context) -> Deri
     if old_groups is None:
         old_groups = signed(input.old, -1)
     delta = exp.union(signed(input.new, 1), old_groups, distinct=False, copy=False)
+
+    def restricted(column: str, values: exp.Query) -> tuple[exp.Query, exp.Query] | None:
+        # an output that is a group key: the condition goes inside, where the planner can
+        # use the input's indexes (it does not push a join into a GROUP BY query)
+        keys = [render(k) for k in node.group_by]
+        output = next((o for o in node.outputs if o.name == column), None)
+        if output is None or render(output.expression) not in keys:
+            return None
+        condition = exp.In(this=output.expression.copy(), query=values.subquery())
+        return (
+            grouped(node, input.new, columns, restriction=condition),
+            grouped(node, input.old, columns, restriction=condition.copy()),
+        )
+
     return DerivedRelation(
         columns=node.columns,
         new=grouped(node, input.new, columns),
         old=grouped(node, input.old, columns),
         delta=context.cte(delta),
+        restricted=restricted if node.group_by else None,
     )

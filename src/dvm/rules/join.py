@@ -33,7 +33,17 @@ from functools import reduce
 
 from sqlglot import exp
 
-from dvm.operators import InnerJoin
+from dvm.dialect import render
+from dvm.operators import (
+    Filter,
+    InnerJoin,
+    OuterJoin,
+    Rows,
+    Scan,
+    SemiJoin,
+    SubqueryScan,
+    children,
+)
 from dvm.rules import Derived, rows, rule
 from dvm.zset import Context, DerivedRows, Term
 
@@ -48,12 +58,83 @@ def inner_join(node: InnerJoin, inputs: tuple[Derived, ...], context: Context) -
 
     delta: list[Term] = []
     for i, input in enumerate(derived):
-        before = [d.new for d in derived[:i]]
-        after = [d.old_in_products for d in derived[i + 1 :]]
-        delta.extend(product([*before, term, *after]) for term in input.delta)
+        for term in input.delta:
+            states = [_reduced(node, i, term, j, d) for j, d in enumerate(derived)]
+            before = [d.new for d in states[:i]]
+            after = [d.old_in_products for d in states[i + 1 :]]
+            delta.append(product([*before, term, *after]))
     return DerivedRows(
         new=product([d.new for d in derived]),
         old=product([d.old for d in derived]),
         delta=tuple(delta),
         weighted_old=product([d.old_in_products for d in derived]),
     )
+
+
+def _reduced(node: InnerJoin, i: int, term: Term, j: int, input: DerivedRows) -> DerivedRows:
+    """Input ``j``'s states in the product with ``term`` (of input ``i``'s delta): reduced
+    to the rows the join can match with the term's when ``j`` can reduce cheaply (a grouped
+    relation: only the groups of those keys) and an equality of the condition ties one of
+    its columns to values of the term alone."""
+    target = node.inputs[j]
+    if j == i or input.reduced is None or not isinstance(target, SubqueryScan):
+        return input
+    mine = _aliases(node.inputs[i])
+    for conjunct in _conjuncts(node.condition):
+        if not isinstance(conjunct, exp.EQ):
+            continue
+        for side, other in (
+            (conjunct.this, conjunct.expression),
+            (conjunct.expression, conjunct.this),
+        ):
+            if not (isinstance(side, exp.Column) and side.table == target.alias):
+                continue
+            if not isinstance(other, exp.Column) or other.table not in mine:
+                continue
+            values = _values(term, other)
+            reduced = None if values is None else input.reduced(side.name, values)
+            if reduced is not None:
+                return reduced
+    return input
+
+
+def _values(term: Term, column: exp.Column) -> exp.Select | None:
+    """A query over one delta item of ``term`` whose values include every value ``column``
+    takes in the term's rows: that column itself, or one the term's conditions equate it
+    with. None when there is none (the values would cost as much as the term)."""
+    candidates = [column]
+    for conjunct in [c for condition in term.conditions for c in _conjuncts(condition)]:
+        if isinstance(conjunct, exp.EQ):
+            for one, two in (
+                (conjunct.this, conjunct.expression),
+                (conjunct.expression, conjunct.this),
+            ):
+                if render(one) == render(column) and isinstance(two, exp.Column):
+                    candidates.append(two)
+    items = {item.alias_or_name: item for item in term.items}
+    for candidate in candidates:
+        # (a delta padded by an outer join is inside a joined item: not one to read alone)
+        if candidate.table in term.deltas and candidate.table in items:
+            return exp.select(candidate.copy()).from_(items[candidate.table].copy())
+    return None
+
+
+def _aliases(node: Rows) -> set[str]:
+    """The aliases a row node's terms bind (those of scans, not inside subqueries)."""
+    if isinstance(node, Scan | SubqueryScan):
+        return {node.alias}
+    found: set[str] = set()
+    for child in children(node):
+        if isinstance(child, Scan | SubqueryScan | InnerJoin | OuterJoin | Filter | SemiJoin):
+            found |= _aliases(child)
+    return found
+
+
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    while isinstance(condition, exp.Paren):
+        condition = condition.this
+    if isinstance(condition, exp.And):
+        return _conjuncts(condition.this) + _conjuncts(condition.expression)
+    return [condition]

@@ -60,7 +60,13 @@ def scan(node: Scan, inputs: tuple[()], context: Context) -> DerivedRows:
     return DerivedRows(
         new=Term((base,)),
         old=Term((aliased(old_state(node), node.alias),)),
-        delta=(Term((delta,), factors=(sql.col(node.alias, WEIGHT),)),),
+        delta=(
+            Term(
+                (delta,),
+                factors=(sql.col(node.alias, WEIGHT),),
+                deltas=frozenset({node.alias}),
+            ),
+        ),
         weighted_old=Term(
             (aliased(weighted_old_state(node), node.alias),),
             factors=(sql.col(node.alias, WEIGHT),),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlglot import exp
+
 from dvm import sql
 from dvm.operators import SubqueryScan
 from dvm.rules import Derived, relation, rule
@@ -13,8 +15,26 @@ def subquery_scan(node: SubqueryScan, inputs: tuple[Derived], context: Context) 
     (derived,) = inputs
     inner = relation(derived)
     delta = aliased(cte_item(inner.delta, node.alias), node.alias, (WEIGHT, *node.columns))
+    changes = (
+        Term((delta,), factors=(sql.col(node.alias, WEIGHT),), deltas=frozenset({node.alias})),
+    )
+
+    def reduced(column: str, values: exp.Query) -> DerivedRows | None:
+        if inner.restricted is None or column not in node.columns:
+            return None
+        states = inner.restricted(inner.columns[node.columns.index(column)], values)
+        if states is None:
+            return None
+        new, old = states
+        return DerivedRows(
+            new=Term((aliased(new, node.alias, node.columns),)),
+            old=Term((aliased(old, node.alias, node.columns),)),
+            delta=changes,
+        )
+
     return DerivedRows(
         new=Term((aliased(inner.new, node.alias, node.columns),)),
         old=Term((aliased(inner.old, node.alias, node.columns),)),
-        delta=(Term((delta,), factors=(sql.col(node.alias, WEIGHT),)),),
+        delta=changes,
+        reduced=reduced,
     )
