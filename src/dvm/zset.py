@@ -85,6 +85,16 @@ class Term:
     def where(self, *conditions: exp.Expr) -> Term:
         return replace(self, conditions=(*self.conditions, *conditions))
 
+    def where_late(self, condition: exp.Expr) -> Term:
+        """``where(condition)`` for a costly test of a row (existence in a state): written
+        ``condition OR d.__pgt_w IS NULL`` for a delta item ``d`` (whose weight is never
+        NULL), PostgreSQL tests it after joining the delta, not on every row of a table."""
+        if not self.deltas:
+            return self.where(condition)
+        weight = sql.col(sorted(self.deltas)[0], WEIGHT)
+        late = exp.or_(exp.paren(condition.copy()), exp.Is(this=weight, expression=exp.Null()))
+        return self.where(exp.paren(late))
+
     def times(self, other: Term) -> Term:
         """The cross product: items, conditions and weights of both."""
         return Term(
@@ -138,6 +148,28 @@ class Term:
         if any(item.find(exp.Group, exp.AggFunc) is not None for item in self.items):
             select = select.offset(0, copy=False)
         return exp.Exists(this=select)
+
+
+def touched(delta: Sequence[Term], condition: exp.Expr, also: exp.Expr | None = None) -> exp.Expr:
+    """Whether a row has a partner in ``delta`` by ``condition`` [and ``also`` holds].
+
+    ``also`` (a test of the row alone, costly: existence in a state) goes inside each EXISTS
+    as ``also OR w IS NULL``, which reads the partner's weight (never NULL): PostgreSQL then
+    tests it on rows with a partner, at the semi-join the EXISTS becomes, instead of pushing
+    it down to every row of the table.
+    """
+    parts: list[exp.Expr] = []
+    for term in delta:
+        if also is None:
+            parts.append(term.exists(condition))
+        elif term.factors:
+            late = exp.or_(
+                exp.paren(also.copy()), exp.Is(this=term.factors[0].copy(), expression=exp.Null())
+            )
+            parts.append(term.exists(exp.and_(condition.copy(), exp.paren(late))))
+        else:
+            parts.append(exp.and_(term.exists(condition), also.copy()))
+    return exp.or_(*parts)
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,9 @@ class Refresher:
         if st.refresh_mode is not RefreshMode.AUTO:
             return None
         costs = measured(self.conn, st.id)
-        if costs.full_ms is None or costs.samples < 3:
+        # one applied refresh is enough to act on: waiting for more makes a table whose
+        # differential refresh is ten times slower pay for it again and again
+        if costs.full_ms is None or costs.samples == 0:
             return None
         expected = costs.differential_ms(staged)
         if expected <= costs.full_ms:

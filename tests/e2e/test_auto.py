@@ -32,7 +32,9 @@ def refresher(db: Database) -> Iterator[Refresher]:
         yield refresher
 
 
-def measured_history(dsn: str, full_ms: float, per_row_ms: float) -> None:
+def measured_history(
+    dsn: str, full_ms: float, per_row_ms: float, sizes: tuple[int, ...] = (10, 20, 40)
+) -> None:
     """A history that says: a full computation takes ``full_ms``, applying n changed rows
     ``per_row_ms`` each (what the decision reads, made up so the test does not time)."""
     with psycopg.connect(dsn) as conn:
@@ -43,7 +45,7 @@ def measured_history(dsn: str, full_ms: float, per_row_ms: float) -> None:
             " SELECT id, 'initialize', 'ok', now(), now(), 0, %s FROM pgtrickle.stream_tables",
             (full_ms,),
         )
-        for rows in (10, 20, 40):
+        for rows in sizes:
             conn.execute(
                 "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status,"
                 " started_at, finished_at, delta_rows, apply_ms)"
@@ -71,6 +73,17 @@ def test_many_changes_are_recomputed_when_that_is_measured_to_be_cheaper(
     assert result.action is RefreshAction.FULL
     reason = last_reason(db.dsn)
     assert reason is not None and reason.startswith("auto: applying")
+    assert mismatched(db.dsn) == {}
+
+
+def test_one_measured_differential_refresh_is_enough_to_decide(
+    refresher: Refresher, db: Database
+) -> None:
+    measured_history(db.dsn, full_ms=5.0, per_row_ms=1.0, sizes=(10,))
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE status = 'paid'")
+    result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
+    assert result.action is RefreshAction.FULL
     assert mismatched(db.dsn) == {}
 
 

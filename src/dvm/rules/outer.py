@@ -14,7 +14,7 @@ from sqlglot import exp
 from dvm.operators import InnerJoin, JoinKind, OuterJoin
 from dvm.rules import Derived, rows, rule
 from dvm.rules.join import inner_join
-from dvm.zset import Context, DerivedRows, Term, joined
+from dvm.zset import Context, DerivedRows, Term, joined, touched
 
 
 @rule(OuterJoin)
@@ -54,10 +54,9 @@ def unmatched(
     def partner(state: Term) -> exp.Expr:
         return state.exists(condition)
 
-    terms = [pad(term.where(exp.Not(this=partner(other.old)))) for term in kept.delta]
-    touched = exp.or_(*[term.exists(condition) for term in other.delta])
+    terms = [pad(term.where_late(exp.Not(this=partner(other.old)))) for term in kept.delta]
     lost = exp.and_(exp.Not(this=partner(other.new)), partner(other.old))
     found = exp.and_(partner(other.new), exp.Not(this=partner(other.old)))
-    terms.append(pad(kept.new.where(touched, lost)))
-    terms.append(pad(kept.new.where(touched.copy(), found).negated()))
+    terms.append(pad(kept.new.where(touched(other.delta, condition, lost))))
+    terms.append(pad(kept.new.where(touched(other.delta, condition, found)).negated()))
     return terms

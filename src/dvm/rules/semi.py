@@ -11,7 +11,7 @@ from sqlglot import exp
 
 from dvm.operators import SemiJoin
 from dvm.rules import Derived, rows, rule
-from dvm.zset import Context, DerivedRows, Term
+from dvm.zset import Context, DerivedRows, Term, touched
 
 
 @rule(SemiJoin)
@@ -23,12 +23,11 @@ def semi_join(node: SemiJoin, inputs: tuple[Derived, Derived], context: Context)
         found: exp.Expr = state.exists(condition)
         return exp.Not(this=found) if node.anti else found
 
-    touched = exp.or_(*[term.exists(condition) for term in subquery.delta])
     now_in = exp.and_(kept(subquery.new), exp.Not(this=kept(subquery.old)))
     now_out = exp.and_(exp.Not(this=kept(subquery.new)), kept(subquery.old))
-    delta = [term.where(kept(subquery.old)) for term in input.delta]
-    delta.append(input.new.where(touched, now_in))
-    delta.append(input.new.where(touched.copy(), now_out).negated())
+    delta = [term.where_late(kept(subquery.old)) for term in input.delta]
+    delta.append(input.new.where(touched(subquery.delta, condition, now_in)))
+    delta.append(input.new.where(touched(subquery.delta, condition, now_out)).negated())
     return DerivedRows(
         new=input.new.where(kept(subquery.new)),
         old=input.old.where(kept(subquery.old)),
