@@ -367,7 +367,7 @@ class _Resolver:
         semis: list[tuple[exp.Expr, bool]] = []
         correlation: list[exp.Expr] = []
         where = select.args.get("where")
-        for conjunct in _conjuncts(where.this) if where is not None else []:
+        for conjunct in sql.conjuncts(where.this) if where is not None else []:
             if _subquery_predicate(conjunct):
                 semis.append((conjunct, True))
                 continue
@@ -1219,14 +1219,6 @@ def _union_inputs(relation: Relation) -> tuple[Relation, ...]:
 
 def _exposed(relation: Relation) -> list[str]:
     return [c for c in relation.columns if c.startswith("__pgt_c")]
-
-
-def _conjuncts(expression: exp.Expr) -> list[exp.Expr]:
-    while isinstance(expression, exp.Paren):
-        expression = expression.this
-    if isinstance(expression, exp.And):
-        return _conjuncts(expression.this) + _conjuncts(expression.expression)
-    return [expression]
 
 
 def _subquery_predicate(conjunct: exp.Expr) -> bool:

@@ -69,6 +69,17 @@ def coalesce_zero(expression: exp.Expr) -> exp.Expr:
     return exp.Coalesce(this=expression, expressions=[lit(0)])
 
 
+def conjuncts(expression: exp.Expr | None) -> list[exp.Expr]:
+    """The operands of a top-level AND (parentheses looked through); [] for None."""
+    if expression is None:
+        return []
+    while isinstance(expression, exp.Paren):
+        expression = expression.this
+    if isinstance(expression, exp.And):
+        return conjuncts(expression.this) + conjuncts(expression.expression)
+    return [expression]
+
+
 def and_all(conditions: Sequence[exp.Expr]) -> exp.Expr | None:
     if not conditions:
         return None

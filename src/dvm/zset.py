@@ -151,24 +151,13 @@ class Term:
 
 
 def touched(delta: Sequence[Term], condition: exp.Expr, also: exp.Expr | None = None) -> exp.Expr:
-    """Whether a row has a partner in ``delta`` by ``condition`` [and ``also`` holds].
-
-    ``also`` (a test of the row alone, costly: existence in a state) goes inside each EXISTS
-    as ``also OR w IS NULL``, which reads the partner's weight (never NULL): PostgreSQL then
-    tests it on rows with a partner, at the semi-join the EXISTS becomes, instead of pushing
-    it down to every row of the table.
-    """
-    parts: list[exp.Expr] = []
-    for term in delta:
-        if also is None:
-            parts.append(term.exists(condition))
-        elif term.factors:
-            late = exp.or_(
-                exp.paren(also.copy()), exp.Is(this=term.factors[0].copy(), expression=exp.Null())
-            )
-            parts.append(term.exists(exp.and_(condition.copy(), exp.paren(late))))
-        else:
-            parts.append(exp.and_(term.exists(condition), also.copy()))
+    """Whether a row has a partner in ``delta`` by ``condition`` [and ``also`` holds]: the
+    costly ``also`` (existence in a state) goes inside each EXISTS, tested late (see
+    ``Term.where_late``) on the rows that have a partner."""
+    parts = [
+        (term.where(condition) if also is None else term.where(condition).where_late(also)).exists()
+        for term in delta
+    ]
     return exp.or_(*parts)
 
 

@@ -281,13 +281,11 @@ def _identity(value: sql.Composable, column_type: str) -> sql.Composable:
     bytes), else its text (``1.5`` and ``1.50`` are equal numerics that a stream table shows
     differently, and json has no equality)."""
     base = column_type.split("(")[0].strip()
-    if column_type.endswith("[]"):
-        return sql.SQL("{}::text").format(value)
-    if base in _FAITHFUL_TYPES or column_type in _FAITHFUL_TYPES:
+    if base in _FAITHFUL_TYPES:
         return value
-    if base in _BYTEWISE_TYPES and (base != "character" or "(" in column_type):
+    if base in _BYTEWISE_TYPES:
         return sql.SQL('{} COLLATE "C"').format(value)
-    return sql.SQL("{}::text").format(value)
+    return sql.SQL("{}::text").format(value)  # arrays ("integer[]") too
 
 
 def create_staging_table(

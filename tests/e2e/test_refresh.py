@@ -9,12 +9,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgtrickle.declarations import parse_declarations
-from pgtrickle.dev.workload import create_schema
-from pgtrickle.reconcile import apply
 from scheduler.refresh import PositionWaiter, RefreshAction, Refresher
 from tests.fixtures.cluster import Database
-from tests.fixtures.streams import mismatched, running_reader
+from tests.fixtures.streams import declared_refresher, mismatched
 from walstream.buffers import load_sources, prune
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
@@ -30,9 +27,7 @@ stream_tables:
 
 @pytest.fixture
 def refresher(db: Database) -> Iterator[Refresher]:
-    create_schema(db.dsn, customers=10, orders=200, events=10)
-    apply(db.dsn, parse_declarations(YAML))
-    with running_reader(db.dsn) as reader, Refresher(db.dsn, reader, check=True) as refresher:
+    with declared_refresher(db.dsn, YAML) as refresher:
         yield refresher
 
 

@@ -33,16 +33,15 @@ from functools import reduce
 
 from sqlglot import exp
 
+from dvm import sql
 from dvm.dialect import render
 from dvm.operators import (
     Filter,
     InnerJoin,
-    OuterJoin,
     Rows,
     Scan,
     SemiJoin,
     SubqueryScan,
-    children,
 )
 from dvm.rules import Derived, rows, rule
 from dvm.zset import Context, DerivedRows, Term
@@ -80,7 +79,7 @@ def _reduced(node: InnerJoin, i: int, term: Term, j: int, input: DerivedRows) ->
     if j == i or input.reduced is None or not isinstance(target, SubqueryScan):
         return input
     mine = _aliases(node.inputs[i])
-    for conjunct in _conjuncts(node.condition):
+    for conjunct in sql.conjuncts(node.condition):
         if not isinstance(conjunct, exp.EQ):
             continue
         for side, other in (
@@ -103,7 +102,7 @@ def _values(term: Term, column: exp.Column) -> exp.Select | None:
     takes in the term's rows: that column itself, or one the term's conditions equate it
     with. None when there is none (the values would cost as much as the term)."""
     candidates = [column]
-    for conjunct in [c for condition in term.conditions for c in _conjuncts(condition)]:
+    for conjunct in [c for condition in term.conditions for c in sql.conjuncts(condition)]:
         if isinstance(conjunct, exp.EQ):
             for one, two in (
                 (conjunct.this, conjunct.expression),
@@ -120,21 +119,10 @@ def _values(term: Term, column: exp.Column) -> exp.Select | None:
 
 
 def _aliases(node: Rows) -> set[str]:
-    """The aliases a row node's terms bind (those of scans, not inside subqueries)."""
+    """The aliases a row node's terms bind (not those of subqueries, EXISTS's included)."""
     if isinstance(node, Scan | SubqueryScan):
         return {node.alias}
-    found: set[str] = set()
-    for child in children(node):
-        if isinstance(child, Scan | SubqueryScan | InnerJoin | OuterJoin | Filter | SemiJoin):
-            found |= _aliases(child)
-    return found
-
-
-def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
-    if condition is None:
-        return []
-    while isinstance(condition, exp.Paren):
-        condition = condition.this
-    if isinstance(condition, exp.And):
-        return _conjuncts(condition.this) + _conjuncts(condition.expression)
-    return [condition]
+    if isinstance(node, Filter | SemiJoin):
+        return _aliases(node.input)
+    inputs = node.inputs if isinstance(node, InnerJoin) else (node.left, node.right)
+    return {alias for child in inputs for alias in _aliases(child)}
