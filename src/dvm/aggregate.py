@@ -27,7 +27,7 @@ from dvm.dialect import render
 from dvm.operators import Aggregate, AggregateCall, AggregateClass
 from dvm.rules.aggregate import affected_groups, grouped
 from dvm.rules.project import outputs_of
-from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRows, cte_item, union_all
+from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRows, cte_item, live, union_all
 
 COUNT = "__pgt_count"
 
@@ -195,7 +195,7 @@ def _algebraic(
     listed += [sql.alias(a.expression.copy(), f"__pgt_x{a.number}") for a in arguments]
     extremes = _extremes(node)
     listed += [sql.alias(e.expression.copy(), f"__pgt_e{e.number}") for e in extremes]
-    rows = union_all([term.select(listed, weighted=True) for term in input.delta])
+    rows = union_all([term.select(listed, weighted=True) for term in live(input.delta)])
     changes = context.cte(rows, "in")
     per_group = context.cte(_delta_per_group(node, keys, arguments, extremes, changes), "pg")
     new = context.cte(_new_state(keys, arguments, extremes, storage, per_group), "n")
@@ -492,7 +492,7 @@ def _rescan(
     keys = _key_columns(node)
     if node.group_by:
         listed = [sql.alias(k.copy(), n) for k, n in zip(node.group_by, keys, strict=True)]
-        changed = union_all([term.select(listed, weighted=False) for term in input.delta])
+        changed = union_all([term.select(listed, weighted=False) for term in live(input.delta)])
         ids = exp.select(sql.alias(group_id(node, [sql.col("c", k) for k in keys]), ROW_ID)).from_(
             changed.subquery(sql.ident("c")), copy=False
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,51 @@ class CatalogFacts:
             if table is not None:
                 return table
         return None
+
+
+def facts_to_json(facts: CatalogFacts) -> dict[str, Any]:
+    """``facts`` as a JSON document (``facts_from_json`` reads it back)."""
+    return {
+        "search_path": list(facts.search_path),
+        "tables": [
+            {
+                "oid": t.oid,
+                "schema": t.schema,
+                "name": t.name,
+                "columns": [[c.name, c.type, c.not_null] for c in t.columns],
+                "primary_key": list(t.primary_key),
+            }
+            for t in facts.tables.values()
+        ],
+        "views": [
+            {
+                "schema": v.schema,
+                "name": v.name,
+                "definition": v.definition,
+                "columns": list(v.columns),
+            }
+            for v in facts.views.values()
+        ],
+    }
+
+
+def facts_from_json(document: Mapping[str, Any]) -> CatalogFacts:
+    tables = [
+        SourceTable(
+            int(t["oid"]),
+            str(t["schema"]),
+            str(t["name"]),
+            tuple(Column(str(n), str(ty), bool(nn)) for n, ty, nn in t["columns"]),
+            tuple(str(k) for k in t["primary_key"]),
+        )
+        for t in document["tables"]
+    ]
+    views = [
+        View(str(v["schema"]), str(v["name"]), str(v["definition"]), tuple(v["columns"]))
+        for v in document["views"]
+    ]
+    return CatalogFacts(
+        tables={(t.schema, t.name): t for t in tables},
+        search_path=tuple(str(s) for s in document["search_path"]),
+        views={(v.schema, v.name): v for v in views},
+    )

@@ -26,6 +26,7 @@ semicolon and odd white space are gone, so it can be embedded in other SQL as it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 from sqlglot import exp
@@ -46,8 +47,16 @@ from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRelation, cte_item
 __all__ = ["compile_query", "delta_relation", "effective_mode", "normalize"]
 
 
-def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -> DeltaPlan:
+def compile_query(
+    query: str,
+    catalog: CatalogFacts,
+    storage: tuple[str, str],
+    changed: frozenset[int] | None = None,
+) -> DeltaPlan:
     """Compile the defining ``query`` of a stream table stored in ``storage`` (schema, name).
+
+    ``changed``: the sources (oids) with staged rows in the one refresh the delta is for
+    (see ``dvm.zset.Context.changed``); None for a delta valid whatever changed.
 
     Raises InvalidQuery when ``query`` is not one SELECT, or names unknown tables or columns.
     """
@@ -59,7 +68,13 @@ def compile_query(query: str, catalog: CatalogFacts, storage: tuple[str, str]) -
     except NotDifferentiable as error:
         return _full_only(normalized, query, statement, catalog, error.reasons, storage)
     check_output_names(resolved.tree.columns)
-    return _differential(normalized, statement, resolved, storage)
+    plan = _differential(normalized, statement, resolved, storage, changed)
+    read = CatalogFacts(
+        tables={(t.schema, t.name): t for t in resolved.sources},
+        search_path=catalog.search_path,
+        views={(v.schema, v.name): v for v in resolved.views},
+    )
+    return replace(plan, catalog=read)
 
 
 def normalize(query: str) -> str:
@@ -120,11 +135,15 @@ def _single_query(query: str) -> exp.Expr:
 
 
 def _differential(
-    normalized: str, statement: exp.Expr, resolved: Resolved, storage: tuple[str, str]
+    normalized: str,
+    statement: exp.Expr,
+    resolved: Resolved,
+    storage: tuple[str, str],
+    changed: frozenset[int] | None,
 ) -> DeltaPlan:
     root = resolved.tree
     names = root.columns
-    context = Context()
+    context = Context(changed=changed)
     guard: str | None = None
     hidden: tuple[str, ...] = (ROW_ID,)
     if isinstance(root, Aggregate):
@@ -136,7 +155,7 @@ def _differential(
     elif isinstance(root, TopK):
         storage_query = full.storage_query(statement, names)
         delta_query = topk.delta_query(root, _derived(root.input, context), context, storage)
-        checking = Context()
+        checking = Context(changed=changed)
         guard = render(topk.guard_query(root, _derived(root.input, checking), checking, storage))
         strategy = ApplyStrategy.BAG
     else:

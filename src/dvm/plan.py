@@ -24,7 +24,7 @@ from enum import StrEnum
 from sqlglot import exp
 
 from dvm import apply
-from dvm.catalog import SourceTable
+from dvm.catalog import CatalogFacts, SourceTable
 from dvm.dialect import parse_one, render
 from dvm.operators import Aggregate, AggregateClass, Operator, explain_tree, walk
 from dvm.reason import Reason
@@ -78,6 +78,9 @@ class DeltaPlan:
     """The operator tree of a differentiable plan."""
     guard_query: str | None = None
     """One boolean: whether ``delta_query`` is valid for this refresh (TopK); else FULL."""
+    catalog: CatalogFacts | None = field(default=None, compare=False)
+    """The catalog facts the plan was compiled from, only the relations the query reads:
+    enough to compile it again, for one refresh (see ``compile_query``'s ``changed``)."""
 
     @property
     def aux_columns(self) -> tuple[str, ...]:

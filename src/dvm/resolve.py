@@ -79,6 +79,8 @@ class Resolved:
     columns_read: dict[int, tuple[str, ...]]
     """Source oid -> the columns read of it, in table order."""
     sources: tuple[SourceTable, ...]
+    views: tuple[View, ...] = ()
+    """The views the query reads (expanded), at any depth."""
 
 
 def table_name(node: exp.Table) -> tuple[str | None, str]:
@@ -130,6 +132,7 @@ def resolve(statement: exp.Expr, query: str, catalog: CatalogFacts) -> Resolved:
             for oid, table in tables.items()
         },
         sources=tuple(tables.values()),
+        views=tuple(resolver.expanded.values()),
     )
 
 
@@ -227,6 +230,7 @@ class _Resolver:
         self.notes: list[Reason] = []
         self.counter = 0
         self.views: list[str] = []
+        self.expanded: dict[str, View] = {}
         self._merged_visible: dict[int, list[tuple[str, str]]] = {}
 
     def fresh(self, prefix: str) -> str:
@@ -615,6 +619,7 @@ class _Resolver:
             raise InvalidQuery(f'infinite recursion detected in view "{view.name}"')
         statement = parse_one(view.definition)
         self.views.append(view.qualified_name)
+        self.expanded.setdefault(view.qualified_name, view)
         saved = self.text
         self.text = view.definition
         try:

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from dvm.catalog import CatalogFacts, facts_from_json, facts_to_json
+from dvm.compile import compile_query
 from dvm.errors import PgTrickleError
 from dvm.plan import ApplyStrategy, DeltaPlan
 from dvm.reason import Reason
 
-VERSION = 2
+VERSION = 3
 """The version this code writes. 0 is the untagged document of the first releases; 2 adds
-the guard."""
+the guard; 3 the catalog facts the plan was compiled from."""
 
 
 class UnreadablePlan(PgTrickleError, code="PGT211"):
@@ -61,6 +63,9 @@ class StoredPlan:
     Plans written since the apply statement returns the guard's verdict itself have none."""
     aggregates: tuple[tuple[str, str, str], ...] = ()
     """(call, class, why) of each aggregate maintained: what ``explain`` lists."""
+    catalog: CatalogFacts | None = None
+    """The facts of the relations the query reads, as compiled: what ``refresh_apply_sql``
+    compiles the delta again from (plans of versions before 3 have none)."""
 
     @property
     def source_oids(self) -> tuple[int, ...]:
@@ -83,6 +88,7 @@ class StoredPlan:
                 "explain": self.explain,
                 "guard_query": self.guard_query,
                 "aggregates": [list(item) for item in self.aggregates],
+                "catalog": facts_to_json(self.catalog) if self.catalog is not None else None,
             },
             # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
             sort_keys=True,
@@ -92,7 +98,7 @@ class StoredPlan:
     def from_json(cls, document: str | Mapping[str, Any]) -> StoredPlan:
         data: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
         version = data.get("version", 0)
-        if version not in (0, 1, VERSION):
+        if version not in (0, 1, 2, VERSION):
             raise UnreadablePlan(
                 f"the stored plan has version {version}; this pgtrickle reads up to {VERSION}",
                 detail="the stream table was created by a newer version of pgtrickle",
@@ -122,6 +128,9 @@ class StoredPlan:
                 aggregates=tuple(
                     (str(call), str(kind), str(why))
                     for call, kind, why in data.get("aggregates", ())
+                ),
+                catalog=(
+                    facts_from_json(data["catalog"]) if data.get("catalog") is not None else None
                 ),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -157,4 +166,29 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         # the apply statement evaluates the guard itself (a third value: valid)
         guard_query=None,
         aggregates=tuple((call, kind.value, why) for call, kind, why in plan.aggregate_classes()),
+        catalog=plan.catalog if plan.differentiable else None,
     )
+
+
+def refresh_apply_sql(
+    plan: StoredPlan, query: str, storage: tuple[str, str], changed: frozenset[int]
+) -> str | None:
+    """The apply statement for one refresh in which only the sources ``changed`` (oids)
+    staged rows: the delta of ``query`` (as declared: the normalized text may name its
+    outputs otherwise) compiled again for them (``compile_query``'s ``changed``). None
+    when the plan cannot be compiled again as it was (no facts stored, or this compiler makes
+    another storage of them): then the stored ``apply_sql`` serves."""
+    if plan.catalog is None or plan.apply_sql is None or plan.guard_query is not None:
+        return None
+    try:
+        again = compile_query(query, plan.catalog, storage, changed=changed)
+    except PgTrickleError:
+        return None
+    same = (
+        again.differentiable
+        and again.storage_query == plan.storage_query
+        and again.user_columns == plan.user_columns
+        and again.hidden_columns == plan.hidden_columns
+        and again.apply_strategy is plan.apply_strategy
+    )
+    return again.apply_sql() if same else None

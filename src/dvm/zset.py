@@ -26,7 +26,7 @@ FROM "pg_temp"."__pgt_delta_1" AS "o"
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
@@ -73,6 +73,9 @@ class Term:
     deltas: frozenset[str] = frozenset()
     """The aliases of the items that are staged or derived deltas (small: a term is driven
     by them)."""
+    empty: bool = False
+    """Known to have no rows in this refresh (its sources staged none): its SQL ends in
+    ``WHERE FALSE``, and a rule leaves it out wherever a union of terms can do without it."""
 
     def weight(self) -> exp.Expr:
         if not self.factors:
@@ -103,10 +106,17 @@ class Term:
             self.factors + other.factors,
             self.sign * other.sign,
             self.deltas | other.deltas,
+            self.empty or other.empty,
         )
 
     def negated(self) -> Term:
         return replace(self, sign=-self.sign)
+
+    def emptied(self) -> Term:
+        """The term known to have no rows: the same columns, ``WHERE FALSE``."""
+        if self.empty:
+            return self
+        return replace(self, conditions=(*self.conditions, exp.false()), empty=True)
 
     def with_items(self, items: tuple[exp.Expr, ...]) -> Term:
         return replace(self, items=items)
@@ -150,13 +160,29 @@ class Term:
         return exp.Exists(this=select)
 
 
+def nonempty(terms: Iterable[Term]) -> list[Term]:
+    """The terms that may have rows in this refresh."""
+    return [term for term in terms if not term.empty]
+
+
+def live(terms: Sequence[Term]) -> list[Term]:
+    """The terms that may have rows in this refresh; one known empty term when none may (a
+    union of no terms has no columns)."""
+    return nonempty(terms) or [terms[0]]
+
+
+def is_empty(terms: Sequence[Term]) -> bool:
+    """Whether every term is known to have no rows in this refresh."""
+    return all(term.empty for term in terms)
+
+
 def touched(delta: Sequence[Term], condition: exp.Expr, also: exp.Expr | None = None) -> exp.Expr:
     """Whether a row has a partner in ``delta`` by ``condition`` [and ``also`` holds]: the
     costly ``also`` (existence in a state) goes inside each EXISTS, tested late (see
     ``Term.where_late``) on the rows that have a partner."""
     parts = [
         (term.where(condition) if also is None else term.where(condition).where_late(also)).exists()
-        for term in delta
+        for term in live(delta)
     ]
     return exp.or_(*parts)
 
@@ -190,6 +216,8 @@ class DerivedRelation:
     old: exp.Query
     delta: str
     restricted: Restrictor | None = field(default=None, compare=False)
+    empty: bool = False
+    """Its delta is known to have no rows in this refresh (its sources staged none)."""
     """(new, old) with only the rows whose ``column`` is among the values of a query (an
     aggregate: the groups of those keys, the condition inside its GROUP BY query); None
     where the column is not one it can restrict by."""
@@ -205,6 +233,14 @@ class Context:
 
     ctes: list[tuple[str, exp.Query]] = field(default_factory=list)
     counter: int = 0
+    changed: frozenset[int] | None = None
+    """The sources (oids) whose staged delta has rows in the refresh this statement is built
+    for; None for a statement valid whatever changed. The others' deltas are empty and their
+    old states their tables, so terms that read them go, and joins expand into terms over
+    new states and deltas only (which the planner estimates from statistics)."""
+
+    def unchanged(self, oid: int) -> bool:
+        return self.changed is not None and oid not in self.changed
 
     def name(self, prefix: str) -> str:
         self.counter += 1
@@ -225,6 +261,16 @@ class Context:
 
 def cte_item(name: str, alias: str) -> exp.Expr:
     return exp.Table(this=sql.ident(name), alias=exp.TableAlias(this=sql.ident(alias)))
+
+
+def nothing(columns: Sequence[str], state: exp.Query) -> exp.Select:
+    """A delta CTE's query known to have no rows: ``(__pgt_w, columns)`` typed as ``state``'s
+    columns, ``WHERE FALSE`` (PostgreSQL plans it as a Result it never runs)."""
+    return (
+        exp.select(sql.alias(sql.lit(0), WEIGHT), *[sql.col("__pgt_e", c) for c in columns])
+        .from_(aliased(state, "__pgt_e", columns))
+        .where(exp.false(), copy=False)
+    )
 
 
 def union_all(queries: Sequence[exp.Query]) -> exp.Query:

@@ -30,6 +30,7 @@ from scheduler.errors import ReaderBehind, RefreshMismatch, UpstreamSchemaChange
 from scheduler.history import RefreshAction, RefreshResult, measured, record_refresh
 from scheduler.populate import lock_before_snapshot, query_failed, recompute
 from scheduler.sessions import pin_storage_settings
+from scheduler.variants import ApplyStatements
 from walstream.buffers import (
     CapturedSource,
     copy_into_staging,
@@ -122,6 +123,7 @@ class Refresher:
         self.segment_size = wal_segment_size(self.conn)
         # the columns of each source's temp table: a source captured again may have others
         self._temp_tables: dict[int, tuple[str, ...]] = {}
+        self._statements = ApplyStatements()
 
     def close(self) -> None:
         self.conn.close()
@@ -239,7 +241,7 @@ class Refresher:
         self._wait_buffered(result.frontier_lsn)
         timings["wait_ms"] = _ms(t0)
         t0 = time.perf_counter()
-        truncated, staged = self._stage(st, sources, snapshot, frontier, timings)
+        truncated, staged, changed = self._stage(st, sources, snapshot, frontier, timings)
         timings["stage_ms"] = _ms(t0)
         t0 = time.perf_counter()
         if truncated:
@@ -258,7 +260,7 @@ class Refresher:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged:
             result.delta_rows = staged
-            applied = self._apply_delta(st)
+            applied = self._apply_delta(st, changed, timings)
             if applied is None:
                 result.reason = _TOPK_MISSED
                 log.warning(
@@ -301,10 +303,14 @@ class Refresher:
         row = self.conn.execute(st.plan.guard_query.encode()).fetchone()
         return bool(row and row[0])
 
-    def _apply_delta(self, st: StreamTable) -> int | None:
-        """Rows changed; None when the statement's own guard failed and it changed nothing."""
-        apply_sql = st.plan.apply_sql
-        assert apply_sql is not None, "a differential plan has an apply statement"
+    def _apply_delta(
+        self, st: StreamTable, changed: frozenset[int], timings: dict[str, float]
+    ) -> int | None:
+        """Rows changed; None when the statement's own guard failed and it changed nothing.
+        ``changed``: the sources that staged rows (the statement is compiled for them)."""
+        t0 = time.perf_counter()
+        apply_sql = self._statements.statement(st, changed)
+        timings["compile_ms"] = _ms(t0)
         # A delta query joins small deltas to whole tables through unions (a source's old
         # state is the table and its delta), which have no statistics: the planner then
         # overestimates, and sorts whole tables for merge joins that a nested loop over an
@@ -345,7 +351,7 @@ class Refresher:
         for oid in st.source_oids:
             source = sources.get(oid)
             if source is not None and self._temp_tables.get(oid) != source.columns:
-                create_staging_table(self.conn, source, replace=True)
+                create_staging_table(self.conn, source, replace=True, key=_key(st, oid))
                 self._temp_tables[oid] = source.columns
                 created.append(oid)
         return created
@@ -357,10 +363,12 @@ class Refresher:
         snapshot: str,
         frontier: str,
         timings: dict[str, float],
-    ) -> tuple[bool, int]:
-        """Copy this refresh's changes into the temp tables; (a TRUNCATE among them, rows).
-        ``timings`` gets the parts: ``stage_copy_ms`` and ``stage_analyze_ms``."""
+    ) -> tuple[bool, int, frozenset[int]]:
+        """Copy this refresh's changes into the temp tables; (a TRUNCATE among them, rows,
+        the sources with rows). ``timings`` gets the parts: ``stage_copy_ms`` and
+        ``stage_analyze_ms``."""
         total = 0
+        changed: set[int] = set()
         timings["stage_copy_ms"] = timings["stage_analyze_ms"] = 0.0
         window = self.staging_window(snapshot, frontier)
         for oid in st.source_oids:
@@ -369,7 +377,7 @@ class Refresher:
                 continue
             truncated = self.staging.execute(truncated_query(source, window)).fetchone()
             if truncated and truncated[0]:
-                return True, 0
+                return True, 0, frozenset()
             query = staging_query(source, window, st.plan.columns_read.get(oid))
             t0 = time.perf_counter()
             with (
@@ -381,15 +389,18 @@ class Refresher:
                 with cur.copy(copy_into_staging(source)) as into:
                     for block in out:
                         into.write(block)
-                total += max(cur.rowcount, 0)
+                copied = max(cur.rowcount, 0)
+            total += copied
             timings["stage_copy_ms"] += _ms(t0)
+            if copied:
+                changed.add(oid)
             t0 = time.perf_counter()
             # the planner's guess for an unanalyzed table is a few rows whatever is staged
             self.conn.execute(
                 sql.SQL("ANALYZE pg_temp.{}").format(sql.Identifier(source.staging_table))
             )
             timings["stage_analyze_ms"] += _ms(t0)
-        return False, total
+        return False, total, frozenset(changed)
 
     def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
         """Which buffer rows this refresh applies (a test overrides it to prove the check)."""
@@ -451,3 +462,11 @@ def _what(st: StreamTable) -> str:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
+
+
+def _key(st: StreamTable, oid: int) -> tuple[str, ...]:
+    """The primary key of source ``oid`` as ``st``'s plan knows it (none: not indexed)."""
+    facts = st.plan.catalog
+    if facts is None:
+        return ()
+    return next((t.primary_key for t in facts.tables.values() if t.oid == oid), ())

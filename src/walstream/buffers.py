@@ -289,13 +289,19 @@ def _identity(value: sql.Composable, column_type: str) -> sql.Composable:
 
 
 def create_staging_table(
-    conn: psycopg.Connection[Any], source: CapturedSource, *, replace: bool = False
+    conn: psycopg.Connection[Any],
+    source: CapturedSource,
+    *,
+    replace: bool = False,
+    key: Sequence[str] = (),
 ) -> None:
     """The session's temp table for the source's staged delta, emptied at every commit.
 
     Created once per session and reused: creating it per refresh doubles the refresh's cost
     and bloats the catalog. ``replace`` drops one the session may have of another layout first
-    (the source was captured again with other columns).
+    (the source was captured again with other columns). ``key``: the source's primary key,
+    which the table is indexed by when it holds those columns (a source's state before the
+    refresh is looked up by key in it, once per row of a join).
     """
     if replace:
         conn.execute(
@@ -310,6 +316,14 @@ def create_staging_table(
             sql.Identifier(source.staging_table), sql.SQL(", ").join(columns)
         )
     )
+    if key and set(key) <= set(source.columns):
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON pg_temp.{} ({})").format(
+                sql.Identifier(f"{source.staging_table}_key"),
+                sql.Identifier(source.staging_table),
+                sql.SQL(", ").join(sql.Identifier(k) for k in key),
+            )
+        )
 
 
 def copy_into_staging(source: CapturedSource) -> sql.Composed:

@@ -4,6 +4,8 @@ A :class:`Maintained` stream table is created from ``storage_query`` like the ex
 each round snapshots the sources, applies random changes, stages the Z-set difference
 (-1 per removed row version, +1 per added one, plus cancelling noise pairs) into the
 ``pg_temp`` delta tables, runs ``apply_sql()`` and checks the storage against the query.
+Refreshes alternate between the plan's statement (valid whatever changed) and the one
+compiled for the sources that staged rows, which is what the service runs.
 """
 
 from __future__ import annotations
@@ -247,6 +249,12 @@ class Maintained:
             compile_query(query, catalog_of(conn), ("public", name)) if plan is None else plan
         )
         assert self.plan.differentiable, self.plan.reasons
+        self.name = name
+        self.refreshes = 0
+        self.changed: frozenset[int] = frozenset()
+        """The sources whose staged delta has rows (set by ``stage``)."""
+        self.applied = ""
+        """The last apply statement run."""
         conn.execute(
             sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
                 self.storage,
@@ -280,6 +288,7 @@ class Maintained:
         """Stage each source's delta, with ``noise`` (default: 0 to 2) cancelling pairs per
         source; returns the number of staged rows."""
         staged = 0
+        changed: set[int] = set()
         for source in self.plan.sources:
             delta = sql.Identifier("pg_temp", delta_relation(source))
             columns = sql.SQL(", ").join(
@@ -317,8 +326,25 @@ class Maintained:
                     )
             self._net(delta, self.plan.columns_read.get(source.oid, ()))
             row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(delta)).fetchone()
-            staged += int(row[0]) if row else 0
+            count = int(row[0]) if row else 0
+            staged += count
+            if count:
+                changed.add(source.oid)
+            self.conn.execute(sql.SQL("ANALYZE {}").format(delta))
+        self.changed = frozenset(changed)
         return staged
+
+    def statement(self) -> str:
+        """This refresh's apply statement: every other one compiled for ``changed``."""
+        self.refreshes += 1
+        if self.refreshes % 2 == 1 or self.plan.catalog is None:
+            self.applied = self.apply_sql
+        else:
+            plan = compile_query(
+                self.query, self.plan.catalog, ("public", self.name), changed=self.changed
+            )
+            self.applied = f"-- compiled for the sources {sorted(self.changed)}\n{plan.apply_sql()}"
+        return self.applied
 
     def _net(self, delta: sql.Identifier, columns: Sequence[str]) -> None:
         """Net the staged rows per value of the columns read, as the staging does."""
@@ -348,7 +374,7 @@ class Maintained:
             if self.plan.guard_query is not None:
                 row = self.conn.execute(sql.SQL(self.plan.guard_query)).fetchone()
                 guard = bool(row and row[0])
-            cursor = self.conn.execute(sql.SQL(self.apply_sql))
+            cursor = self.conn.execute(sql.SQL(self.statement()))
             counts = cursor.fetchone() if cursor.description is not None else None
             # a TopK's apply statement evaluates the guard itself: (deleted, inserted, valid)
             applied = counts is None or len(counts) < 3 or bool(counts[2])
@@ -402,7 +428,7 @@ class Maintained:
                 " SELECT 'extra', r FROM ({1}) AS b) LIMIT 20"
             ).format(left, right)
         ).fetchall()
-        assert not diff, f"{what}: {diff}\nquery: {self.query}\ndelta: {self.plan.delta_query}"
+        assert not diff, f"{what}: {diff}\nquery: {self.query}\napplied: {self.applied}"
 
 
 def run_rounds(

@@ -101,6 +101,11 @@ class _OnServer:
             ),
             delta_query=None if plan.delta_query is None else self.sql(plan.delta_query),
             guard_query=None if plan.guard_query is None else self.sql(plan.guard_query),
+            catalog=None
+            if plan.catalog is None
+            else dataclasses.replace(
+                plan.catalog, tables={(t.schema, t.name): t for t in self.tables}
+            ),
         )
 
 

@@ -8,10 +8,11 @@ a new module, not another branch. A node reached twice (a CTE read twice) is der
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from dvm.operators import Operator, children
-from dvm.zset import Context, DerivedRelation, DerivedRows
+from dvm.zset import Context, DerivedRelation, DerivedRows, is_empty, nothing
 
 Derived = DerivedRows | DerivedRelation
 RuleFunction = Callable[[Any, tuple[Any, ...], Context], Derived]
@@ -39,8 +40,21 @@ def derive(node: Operator, context: Context, memo: dict[int, Derived] | None = N
         return found
     inputs = tuple(derive(child, context, memo) for child in children(node))
     derived = _RULES[type(node)](node, inputs, context)
+    if inputs and all(_empty(input) for input in inputs):
+        # no input changes in this refresh: neither does the node
+        if isinstance(derived, DerivedRows):
+            derived = replace(derived, delta=(derived.delta[0].emptied(),))
+        else:
+            empty = context.cte(nothing(derived.columns, derived.new))
+            derived = replace(derived, delta=empty, empty=True)
     memo[id(node)] = derived
     return derived
+
+
+def _empty(derived: Derived) -> bool:
+    if isinstance(derived, DerivedRows):
+        return is_empty(derived.delta)
+    return derived.empty
 
 
 def rows(derived: Derived) -> DerivedRows:

@@ -26,6 +26,7 @@ from dvm.zset import (
     Term,
     aliased,
     cte_item,
+    live,
     union_all,
 )
 
@@ -54,10 +55,10 @@ def grouped(
 def affected_groups(node: Aggregate, input: DerivedRows, context: Context) -> exp.Expr:
     """A condition on the input's rows: their group is one the delta touches."""
     if not node.group_by:
-        return exp.or_(*[term.exists() for term in input.delta])
+        return exp.or_(*[term.exists() for term in live(input.delta)])
     keys = [f"__pgt_k{i}" for i in range(1, len(node.group_by) + 1)]
     listed = [sql.alias(key.copy(), name) for key, name in zip(node.group_by, keys, strict=True)]
-    changed = union_all([term.select(listed, weighted=False) for term in input.delta])
+    changed = union_all([term.select(listed, weighted=False) for term in live(input.delta)])
     distinct = exp.select(exp.Star()).from_(changed.subquery(sql.ident("__pgt_c")), copy=False)
     distinct.set("distinct", exp.Distinct())
     name = context.cte(distinct, "g")
@@ -90,13 +91,18 @@ def affected_groups(node: Aggregate, input: DerivedRows, context: Context) -> ex
     return exp.and_(*each, whole)
 
 
-def _netted_old_groups(node: Aggregate, input: DerivedRows, touched: exp.Expr) -> exp.Select | None:
+def _netted_old_groups(
+    node: Aggregate, input: DerivedRows, touched: exp.Expr, context: Context
+) -> exp.Select | None:
     """The affected groups' old rows (weight -1), computed from the input's old state as a
     Z-set: its rows restricted to the affected groups (which the planner takes by index),
     netted per value of the columns the aggregate reads, each kept as often as its net
     weight says. None when the input has no such state (then the exact old state serves).
+
+    For a refresh whose changed sources are known, that Z-set is new - Δ: the new state and
+    the delta's terms negated, which read no old state (no union without statistics).
     """
-    if input.weighted_old is None:
+    if input.weighted_old is None and context.changed is None:
         return None
     expressions = [*node.group_by, *(o.expression for o in node.outputs)]
     expressions += [node.having] if node.having is not None else []
@@ -105,8 +111,16 @@ def _netted_old_groups(node: Aggregate, input: DerivedRows, touched: exp.Expr) -
         for column in expression.find_all(exp.Column):
             names.setdefault((column.table, column.name), f"__pgt_v{len(names) + 1}")
     read = [sql.alias(sql.col(t, c), name) for (t, c), name in names.items()]
-    term = input.weighted_old.where(touched.copy()) if node.group_by else input.weighted_old
-    rows = term.select(read or [sql.alias(sql.lit(0), "__pgt_v0")], weighted=True)
+    if context.changed is not None:
+        terms = [input.new, *[term.negated() for term in live(input.delta)]]
+    else:
+        assert input.weighted_old is not None
+        terms = [input.weighted_old]
+    if node.group_by:
+        terms = [term.where(touched.copy()) for term in terms]
+    rows = union_all(
+        [term.select(read or [sql.alias(sql.lit(0), "__pgt_v0")], weighted=True) for term in terms]
+    )
     values = [sql.col("r", name) for name in names.values()] or [sql.col("r", "__pgt_v0")]
     same = sql.row_text(values)
     netted = exp.select(
@@ -153,7 +167,7 @@ def _netted_old_groups(node: Aggregate, input: DerivedRows, touched: exp.Expr) -
         sql.alias(sql.lit(-1), WEIGHT),
         *[sql.alias(rewrite(o.expression), o.name) for o in node.outputs],
     ]
-    restriction = None if node.group_by else exp.or_(*[t.exists() for t in input.delta])
+    restriction = None if node.group_by else exp.or_(*[t.exists() for t in live(input.delta)])
     return grouped(over, Term((aliased(copies, "__pgt_o"),)), columns, restriction=restriction)
 
 
@@ -168,7 +182,7 @@ def aggregate(node: Aggregate, inputs: tuple[Derived], context: Context) -> Deri
         weight = sql.alias(sql.lit(sign), WEIGHT)
         return grouped(node, term, [weight, *columns], restriction=touched.copy())
 
-    old_groups = _netted_old_groups(node, input, touched)
+    old_groups = _netted_old_groups(node, input, touched, context)
     if old_groups is None:
         old_groups = signed(input.old, -1)
     delta = exp.union(signed(input.new, 1), old_groups, distinct=False, copy=False)

@@ -29,7 +29,11 @@ old base table in a product is the Z-set new - Δ (its weight a factor too).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from functools import reduce
+from itertools import combinations
+from math import prod
 
 from sqlglot import exp
 
@@ -44,24 +48,43 @@ from dvm.operators import (
     SubqueryScan,
 )
 from dvm.rules import Derived, rows, rule
-from dvm.zset import Context, DerivedRows, Term
+from dvm.zset import Context, DerivedRows, Term, is_empty, live
+
+EXPANDED_TERMS = 15
+"""The most terms a join's delta may expand into over new states (see ``inner_join``); a
+join of more changing inputs keeps the n terms with old states."""
 
 
 @rule(InnerJoin)
 def inner_join(node: InnerJoin, inputs: tuple[Derived, ...], context: Context) -> DerivedRows:
+    """The n terms of the module's formula; for a refresh whose changed sources are known
+    (``Context.changed``), the inclusion-exclusion form over the inputs that change:
+    Δ(R₁⋈…⋈Rₙ) = Σ over non-empty sets S of them of (-1)^(|S|+1) ⋈ᵢ∈S ΔRᵢ ⋈ⱼ∉S Rⱼ'. Its
+    terms read new states and deltas only, whose row counts the planner knows; an old state
+    (the table and its delta in a union) has no statistics, and a misestimate there turns
+    every join above it into a scan of whole tables."""
     derived = [rows(input) for input in inputs]
     conditions: tuple[exp.Expr, ...] = (node.condition,) if node.condition is not None else ()
 
     def product(terms: list[Term]) -> Term:
         return reduce(Term.times, terms).where(*conditions)
 
+    changing = [i for i, d in enumerate(derived) if not is_empty(d.delta)]
     delta: list[Term] = []
-    for i, input in enumerate(derived):
-        for term in input.delta:
-            states = [_reduced(node, i, term, j, d) for j, d in enumerate(derived)]
-            before = [d.new for d in states[:i]]
-            after = [d.old_in_products for d in states[i + 1 :]]
-            delta.append(product([*before, term, *after]))
+    if not changing:
+        delta.append(product([derived[0].delta[0], *[d.new for d in derived[1:]]]))
+    elif context.changed is not None and _expansion(derived, changing) <= EXPANDED_TERMS:
+        delta.extend(_expanded(node, derived, changing, product))
+    else:
+        for i in changing:
+            for term in live(derived[i].delta):
+                mine = _aliases(node.inputs[i])
+                states = [
+                    d if j == i else _reduced(node, mine, term, j, d) for j, d in enumerate(derived)
+                ]
+                before = [d.new for d in states[:i]]
+                after = [d.new if is_empty(d.delta) else d.old_in_products for d in states[i + 1 :]]
+                delta.append(product([*before, term, *after]))
     return DerivedRows(
         new=product([d.new for d in derived]),
         old=product([d.old for d in derived]),
@@ -70,15 +93,44 @@ def inner_join(node: InnerJoin, inputs: tuple[Derived, ...], context: Context) -
     )
 
 
-def _reduced(node: InnerJoin, i: int, term: Term, j: int, input: DerivedRows) -> DerivedRows:
-    """Input ``j``'s states in the product with ``term`` (of input ``i``'s delta): reduced
-    to the rows the join can match with the term's when ``j`` can reduce cheaply (a grouped
-    relation: only the groups of those keys) and an equality of the condition ties one of
-    its columns to values of the term alone."""
+def _expansion(derived: list[DerivedRows], changing: list[int]) -> int:
+    """How many terms the inclusion-exclusion form has: a product of one term per input of
+    each set, so ∏(1 + terms of each changing input) - 1."""
+    return prod(1 + len(live(derived[i].delta)) for i in changing) - 1
+
+
+def _expanded(
+    node: InnerJoin,
+    derived: list[DerivedRows],
+    changing: list[int],
+    product: Callable[[list[Term]], Term],
+) -> list[Term]:
+    terms: list[Term] = []
+    for size in range(1, len(changing) + 1):
+        for chosen in combinations(changing, size):
+            mine = {alias for i in chosen for alias in _aliases(node.inputs[i])}
+            for picked in itertools.product(*[live(derived[i].delta) for i in chosen]):
+                by_input = dict(zip(chosen, picked, strict=True))
+                deltas = reduce(Term.times, picked)
+                parts = [
+                    by_input[j] if j in by_input else _reduced(node, mine, deltas, j, d).new
+                    for j, d in enumerate(derived)
+                ]
+                term = product(parts)
+                terms.append(term if size % 2 else term.negated())
+    return terms
+
+
+def _reduced(
+    node: InnerJoin, mine: set[str], term: Term, j: int, input: DerivedRows
+) -> DerivedRows:
+    """Input ``j``'s states in the product with ``term`` (a delta of the inputs binding the
+    aliases ``mine``): reduced to the rows the join can match with the term's when ``j`` can
+    reduce cheaply (a grouped relation: only the groups of those keys) and an equality of the
+    condition ties one of its columns to values of the term alone."""
     target = node.inputs[j]
-    if j == i or input.reduced is None or not isinstance(target, SubqueryScan):
+    if input.reduced is None or not isinstance(target, SubqueryScan):
         return input
-    mine = _aliases(node.inputs[i])
     for conjunct in sql.conjuncts(node.condition):
         if not isinstance(conjunct, exp.EQ):
             continue

@@ -14,7 +14,7 @@ from sqlglot import exp
 from dvm.operators import InnerJoin, JoinKind, OuterJoin
 from dvm.rules import Derived, rows, rule
 from dvm.rules.join import inner_join
-from dvm.zset import Context, DerivedRows, Term, joined, touched
+from dvm.zset import Context, DerivedRows, Term, is_empty, joined, nonempty, touched
 
 
 @rule(OuterJoin)
@@ -22,7 +22,7 @@ def outer_join(node: OuterJoin, inputs: tuple[Derived, Derived], context: Contex
     left, right = rows(inputs[0]), rows(inputs[1])
     side = "FULL" if node.kind is JoinKind.FULL else node.kind.value.upper()
     inner = inner_join(InnerJoin((node.left, node.right), node.condition), (left, right), context)
-    delta: list[Term] = list(inner.delta)
+    delta: list[Term] = nonempty(inner.delta)
     if node.kind in (JoinKind.LEFT, JoinKind.FULL):
         delta.extend(unmatched(left, right, node.condition, pad_right=True))
     if node.kind in (JoinKind.RIGHT, JoinKind.FULL):
@@ -32,7 +32,9 @@ def outer_join(node: OuterJoin, inputs: tuple[Derived, Derived], context: Contex
         return Term((joined(of_left.as_item(), side, of_right.as_item(), node.condition),))
 
     return DerivedRows(
-        new=state(left.new, right.new), old=state(left.old, right.old), delta=tuple(delta)
+        new=state(left.new, right.new),
+        old=state(left.old, right.old),
+        delta=tuple(delta) or inner.delta,
     )
 
 
@@ -54,7 +56,11 @@ def unmatched(
     def partner(state: Term) -> exp.Expr:
         return state.exists(condition)
 
-    terms = [pad(term.where_late(exp.Not(this=partner(other.old)))) for term in kept.delta]
+    terms = [
+        pad(term.where_late(exp.Not(this=partner(other.old)))) for term in nonempty(kept.delta)
+    ]
+    if is_empty(other.delta):
+        return terms
     lost = exp.and_(exp.Not(this=partner(other.new)), partner(other.old))
     found = exp.and_(partner(other.new), exp.Not(this=partner(other.old)))
     terms.append(pad(kept.new.where(touched(other.delta, condition, lost))))

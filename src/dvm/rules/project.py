@@ -7,7 +7,7 @@ from sqlglot import exp
 from dvm import sql
 from dvm.operators import Output, Project
 from dvm.rules import Derived, rows, rule
-from dvm.zset import Context, DerivedRelation, Term, union_all
+from dvm.zset import Context, DerivedRelation, Term, live, union_all
 
 
 def outputs_of(outputs: tuple[Output, ...]) -> list[exp.Expr]:
@@ -23,7 +23,7 @@ def project(node: Project, inputs: tuple[Derived], context: Context) -> DerivedR
     def state(term: Term) -> exp.Query:
         return term.select(columns, weighted=False)
 
-    delta = union_all([term.select(columns, weighted=True) for term in input.delta])
+    delta = union_all([term.select(columns, weighted=True) for term in live(input.delta)])
     return DerivedRelation(
         columns=node.columns,
         new=state(input.new),

@@ -57,16 +57,19 @@ def scan(node: Scan, inputs: tuple[()], context: Context) -> DerivedRows:
     table = node.table
     base = sql.table(table.schema, table.name, alias=node.alias)
     delta = sql.table("pg_temp", delta_relation(table), alias=node.alias)
+    change = Term((delta,), factors=(sql.col(node.alias, WEIGHT),), deltas=frozenset({node.alias}))
+    if context.unchanged(table.oid):
+        # nothing staged: the table is both states
+        return DerivedRows(
+            new=Term((base,)),
+            old=Term((base.copy(),)),
+            delta=(change.emptied(),),
+            weighted_old=Term((base.copy(),)),
+        )
     return DerivedRows(
         new=Term((base,)),
         old=Term((aliased(old_state(node), node.alias),)),
-        delta=(
-            Term(
-                (delta,),
-                factors=(sql.col(node.alias, WEIGHT),),
-                deltas=frozenset({node.alias}),
-            ),
-        ),
+        delta=(change,),
         weighted_old=Term(
             (aliased(weighted_old_state(node), node.alias),),
             factors=(sql.col(node.alias, WEIGHT),),

@@ -11,7 +11,7 @@ from sqlglot import exp
 
 from dvm.operators import SemiJoin
 from dvm.rules import Derived, rows, rule
-from dvm.zset import Context, DerivedRows, Term, touched
+from dvm.zset import Context, DerivedRows, Term, is_empty, nonempty, touched
 
 
 @rule(SemiJoin)
@@ -25,11 +25,12 @@ def semi_join(node: SemiJoin, inputs: tuple[Derived, Derived], context: Context)
 
     now_in = exp.and_(kept(subquery.new), exp.Not(this=kept(subquery.old)))
     now_out = exp.and_(exp.Not(this=kept(subquery.new)), kept(subquery.old))
-    delta = [term.where_late(kept(subquery.old)) for term in input.delta]
-    delta.append(input.new.where(touched(subquery.delta, condition, now_in)))
-    delta.append(input.new.where(touched(subquery.delta, condition, now_out)).negated())
+    delta = [term.where_late(kept(subquery.old)) for term in nonempty(input.delta)]
+    if not is_empty(subquery.delta):
+        delta.append(input.new.where(touched(subquery.delta, condition, now_in)))
+        delta.append(input.new.where(touched(subquery.delta, condition, now_out)).negated())
     return DerivedRows(
         new=input.new.where(kept(subquery.new)),
         old=input.old.where(kept(subquery.old)),
-        delta=tuple(delta),
+        delta=tuple(delta) or (input.delta[0],),
     )

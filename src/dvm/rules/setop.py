@@ -31,6 +31,7 @@ def set_operation(
                 aliased(cte_item(d.delta, "c"), "c", (WEIGHT, *columns))
             )
             for d in (left, right)
+            if not d.empty or d is left
         ]
     )
     name = context.cte(touched, "v")

@@ -15,9 +15,8 @@ def subquery_scan(node: SubqueryScan, inputs: tuple[Derived], context: Context) 
     (derived,) = inputs
     inner = relation(derived)
     delta = aliased(cte_item(inner.delta, node.alias), node.alias, (WEIGHT, *node.columns))
-    changes = (
-        Term((delta,), factors=(sql.col(node.alias, WEIGHT),), deltas=frozenset({node.alias})),
-    )
+    change = Term((delta,), factors=(sql.col(node.alias, WEIGHT),), deltas=frozenset({node.alias}))
+    changes = (change.emptied() if inner.empty else change,)
 
     def reduced(column: str, values: exp.Query) -> DerivedRows | None:
         if inner.restricted is None or column not in node.columns:

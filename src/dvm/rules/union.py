@@ -16,6 +16,7 @@ def union(node: UnionAll, inputs: tuple[Derived, ...], context: Context) -> Deri
         [
             exp.select(exp.Star()).from_(cte_item(d.delta, f"__pgt_u{i}"))
             for i, d in enumerate(derived)
+            if not d.empty or i == 0
         ]
     )
     return DerivedRelation(

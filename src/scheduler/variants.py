@@ -1,0 +1,56 @@
+"""The apply statement of a stream table for the sources that changed in one refresh.
+
+A delta compiled for "whatever changed" reads each source's state before the refresh as its
+table and its staged delta in a union, which has no statistics; compiled for the sources
+that staged rows, it reads the others as plain tables and expands joins into terms over new
+states and deltas only (``dvm.zset.Context.changed``). Compiling takes tens to hundreds of
+milliseconds, so each statement is compiled once per stream table revision and set of
+changed sources, and kept for the session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import structlog
+
+from dvm.stored import refresh_apply_sql
+from walstream.catalog import StreamTable
+
+__all__ = ["ApplyStatements"]
+
+log = structlog.get_logger("pgtrickle.refresh")
+
+
+class ApplyStatements:
+    """A bounded cache: (stream table id, revision, changed sources) -> apply statement."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._statements: OrderedDict[tuple[int, int, frozenset[int]], str] = OrderedDict()
+
+    def statement(self, st: StreamTable, changed: frozenset[int]) -> str:
+        """The statement applying a refresh in which only ``changed`` (oids) staged rows;
+        the stored one when the plan cannot be compiled for them."""
+        stored = st.plan.apply_sql
+        assert stored is not None, "a differential plan has an apply statement"
+        key = (st.id, st.revision, changed)
+        found = self._statements.get(key)
+        if found is not None:
+            self._statements.move_to_end(key)
+            return found
+        started = time.perf_counter()
+        compiled = refresh_apply_sql(st.plan, st.query, (st.schema, st.name), changed)
+        log.debug(
+            "compiled the delta for the sources that changed",
+            stream_table=st.display_name,
+            sources=sorted(changed),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            specialized=compiled is not None,
+        )
+        statement = compiled if compiled is not None else stored
+        self._statements[key] = statement
+        if len(self._statements) > self.size:
+            self._statements.popitem(last=False)
+        return statement
