@@ -80,6 +80,33 @@ def conjuncts(expression: exp.Expr | None) -> list[exp.Expr]:
     return [expression]
 
 
+def equated(
+    condition: exp.Expr | None, outer: set[str], inner: set[str]
+) -> list[tuple[exp.Expr, exp.Column]]:
+    """(expression over ``outer``'s aliases, column of an ``inner`` alias) for each equality
+    among ``condition``'s conjuncts that ties the two: a row of ``outer`` matches a row of
+    ``inner`` only if its expression is among the values of the column."""
+    pairs: list[tuple[exp.Expr, exp.Column]] = []
+    for conjunct in conjuncts(condition):
+        if not isinstance(conjunct, exp.EQ):
+            continue
+        for one, two in (
+            (conjunct.this, conjunct.expression),
+            (conjunct.expression, conjunct.this),
+        ):
+            tables = {column.table for column in one.find_all(exp.Column)}
+            if (
+                isinstance(two, exp.Column)
+                and two.table in inner
+                and tables
+                and tables <= outer
+                and one.find(exp.Query) is None
+            ):
+                pairs.append((one, two))
+                break
+    return pairs
+
+
 def and_all(conditions: Sequence[exp.Expr]) -> exp.Expr | None:
     if not conditions:
         return None

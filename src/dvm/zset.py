@@ -176,15 +176,31 @@ def is_empty(terms: Sequence[Term]) -> bool:
     return all(term.empty for term in terms)
 
 
-def touched(delta: Sequence[Term], condition: exp.Expr, also: exp.Expr | None = None) -> exp.Expr:
+def touched(
+    delta: Sequence[Term],
+    condition: exp.Expr,
+    also: exp.Expr | None = None,
+    keys: Sequence[tuple[exp.Expr, exp.Column]] = (),
+) -> exp.Expr:
     """Whether a row has a partner in ``delta`` by ``condition`` [and ``also`` holds]: the
     costly ``also`` (existence in a state) goes inside each EXISTS, tested late (see
-    ``Term.where_late``) on the rows that have a partner."""
+    ``Term.where_late``) on the rows that have a partner.
+
+    ``keys`` (see ``sql.equated``): with one, the test starts with ``expression IN (the
+    delta's values of the column)``, which the planner can serve by an index of the row's
+    table; the EXISTS alone (correlated by more than an equality) it tests on every row.
+    """
+    terms = live(delta)
     parts = [
         (term.where(condition) if also is None else term.where(condition).where_late(also)).exists()
-        for term in live(delta)
+        for term in terms
     ]
-    return exp.or_(*parts)
+    found = exp.or_(*parts)
+    if not keys:
+        return found
+    expression, column = keys[0]
+    values = union_all([term.select([column.copy()], weighted=False) for term in terms])
+    return exp.and_(exp.In(this=expression.copy(), query=values.subquery()), exp.paren(found))
 
 
 @dataclass(frozen=True)

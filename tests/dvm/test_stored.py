@@ -10,7 +10,7 @@ from dvm.catalog import CatalogFacts, Column, SourceTable
 from dvm.compile import compile_query
 from dvm.plan import ApplyStrategy
 from dvm.reason import Reason
-from dvm.stored import VERSION, StoredPlan, UnreadablePlan, stored_plan
+from dvm.stored import VERSION, StoredPlan, UnreadablePlan, refresh_apply_sql, stored_plan
 
 ORDERS = SourceTable(
     16384, "public", "orders", (Column("id", "integer"), Column("status", "text")), ("id",)
@@ -64,3 +64,41 @@ def test_a_damaged_plan_is_refused_with_a_hint() -> None:
     with pytest.raises(UnreadablePlan) as caught:
         StoredPlan.from_json({"version": VERSION, "query": "SELECT 1"})
     assert caught.value.hint and "re-create" in caught.value.hint
+
+
+JOIN = "SELECT o.id, o.status FROM orders o JOIN customers c ON c.id = o.id"
+
+
+def test_a_plan_keeps_the_catalog_facts_of_what_it_reads_and_reads_them_back() -> None:
+    joined = plan(JOIN)
+    assert joined.catalog is not None
+    assert set(joined.catalog.tables) == {("public", "orders"), ("public", "customers")}
+    assert StoredPlan.from_json(joined.to_json()).catalog == joined.catalog
+
+
+def test_a_refresh_in_which_one_source_changed_reads_the_other_as_its_table() -> None:
+    joined = plan(JOIN)
+    assert joined.apply_sql is not None
+    customers_before = 'SELECT "c"."id", 1 AS "__pgt_w" FROM "public"."customers" AS "c" UNION ALL'
+    assert customers_before in joined.apply_sql
+    only_orders = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid}))
+    assert only_orders is not None and customers_before not in only_orders
+    assert '"pg_temp"."__pgt_delta_16390"' not in only_orders  # nor the empty delta
+
+
+def test_a_refresh_of_two_changed_sources_subtracts_the_product_of_their_deltas() -> None:
+    joined = plan(JOIN)
+    both = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid, CUSTOMERS.oid}))
+    assert both is not None
+    assert '-("o"."__pgt_w" * "c"."__pgt_w")' in both
+    assert "UNION ALL" in both and "NOT EXISTS" not in both  # no state before the refresh
+
+
+def test_a_plan_without_facts_or_compiled_otherwise_keeps_its_stored_statement() -> None:
+    document = json.loads(plan(JOIN).to_json())
+    document["version"] = 2
+    del document["catalog"]
+    older = StoredPlan.from_json(document)
+    assert refresh_apply_sql(older, JOIN, ("public", "st"), frozenset({ORDERS.oid})) is None
+    renamed = "SELECT o.id AS key, o.status FROM orders o JOIN customers c ON c.id = o.id"
+    assert refresh_apply_sql(plan(JOIN), renamed, ("public", "st"), frozenset()) is None

@@ -78,7 +78,7 @@ def inner_join(node: InnerJoin, inputs: tuple[Derived, ...], context: Context) -
     else:
         for i in changing:
             for term in live(derived[i].delta):
-                mine = _aliases(node.inputs[i])
+                mine = aliases(node.inputs[i])
                 states = [
                     d if j == i else _reduced(node, mine, term, j, d) for j, d in enumerate(derived)
                 ]
@@ -108,7 +108,7 @@ def _expanded(
     terms: list[Term] = []
     for size in range(1, len(changing) + 1):
         for chosen in combinations(changing, size):
-            mine = {alias for i in chosen for alias in _aliases(node.inputs[i])}
+            mine = {alias for i in chosen for alias in aliases(node.inputs[i])}
             for picked in itertools.product(*[live(derived[i].delta) for i in chosen]):
                 by_input = dict(zip(chosen, picked, strict=True))
                 deltas = reduce(Term.times, picked)
@@ -170,11 +170,11 @@ def _values(term: Term, column: exp.Column) -> exp.Select | None:
     return None
 
 
-def _aliases(node: Rows) -> set[str]:
+def aliases(node: Rows) -> set[str]:
     """The aliases a row node's terms bind (not those of subqueries, EXISTS's included)."""
     if isinstance(node, Scan | SubqueryScan):
         return {node.alias}
     if isinstance(node, Filter | SemiJoin):
-        return _aliases(node.input)
+        return aliases(node.input)
     inputs = node.inputs if isinstance(node, InnerJoin) else (node.left, node.right)
-    return {alias for child in inputs for alias in _aliases(child)}
+    return {alias for child in inputs for alias in aliases(child)}

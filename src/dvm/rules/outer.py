@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from dvm import sql
 from dvm.operators import InnerJoin, JoinKind, OuterJoin
 from dvm.rules import Derived, rows, rule
-from dvm.rules.join import inner_join
+from dvm.rules.join import aliases, inner_join
 from dvm.zset import Context, DerivedRows, Term, is_empty, joined, nonempty, touched
 
 
@@ -23,10 +24,13 @@ def outer_join(node: OuterJoin, inputs: tuple[Derived, Derived], context: Contex
     side = "FULL" if node.kind is JoinKind.FULL else node.kind.value.upper()
     inner = inner_join(InnerJoin((node.left, node.right), node.condition), (left, right), context)
     delta: list[Term] = nonempty(inner.delta)
+    on_left, on_right = aliases(node.left), aliases(node.right)
     if node.kind in (JoinKind.LEFT, JoinKind.FULL):
-        delta.extend(unmatched(left, right, node.condition, pad_right=True))
+        keys = sql.equated(node.condition, on_left, on_right)
+        delta.extend(unmatched(left, right, node.condition, keys, pad_right=True))
     if node.kind in (JoinKind.RIGHT, JoinKind.FULL):
-        delta.extend(unmatched(right, left, node.condition, pad_right=False))
+        keys = sql.equated(node.condition, on_right, on_left)
+        delta.extend(unmatched(right, left, node.condition, keys, pad_right=False))
 
     def state(of_left: Term, of_right: Term) -> Term:
         return Term((joined(of_left.as_item(), side, of_right.as_item(), node.condition),))
@@ -39,7 +43,12 @@ def outer_join(node: OuterJoin, inputs: tuple[Derived, Derived], context: Contex
 
 
 def unmatched(
-    kept: DerivedRows, other: DerivedRows, condition: exp.Expr, *, pad_right: bool
+    kept: DerivedRows,
+    other: DerivedRows,
+    condition: exp.Expr,
+    keys: list[tuple[exp.Expr, exp.Column]],
+    *,
+    pad_right: bool,
 ) -> list[Term]:
     """Δ(kept ▷ other), each row padded with NULLs for ``other``'s columns."""
     nulls = other.new.as_item()
@@ -63,6 +72,6 @@ def unmatched(
         return terms
     lost = exp.and_(exp.Not(this=partner(other.new)), partner(other.old))
     found = exp.and_(partner(other.new), exp.Not(this=partner(other.old)))
-    terms.append(pad(kept.new.where(touched(other.delta, condition, lost))))
-    terms.append(pad(kept.new.where(touched(other.delta, condition, found)).negated()))
+    terms.append(pad(kept.new.where(touched(other.delta, condition, lost, keys))))
+    terms.append(pad(kept.new.where(touched(other.delta, condition, found, keys)).negated()))
     return terms

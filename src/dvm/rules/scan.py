@@ -19,12 +19,12 @@ FROM (
     "t"."v"
   FROM "public"."t" AS "t"
   WHERE
-    NOT "t"."id" IN (
+    NOT EXISTS(
       SELECT
-        "d"."id"
+        1
       FROM "pg_temp"."__pgt_delta_7" AS "d"
       WHERE
-        "d"."__pgt_w" > 0
+        "d"."id" = "t"."id" AND "d"."__pgt_w" > 0
     )
   UNION ALL
   SELECT
@@ -109,13 +109,17 @@ def old_state(node: Scan) -> exp.Query:
 
 
 def _kept_keyed(node: Scan) -> exp.Select:
-    """Rows whose key the delta did not insert (a key has one version in each state)."""
+    """Rows whose key the delta did not insert (a key has one version in each state).
+
+    A correlated NOT EXISTS, not ``key NOT IN (the inserted keys)``: the staged delta is
+    indexed by the key, and the planner costs a hashed NOT IN's whole build at every lookup
+    of the old state inside a correlated test, which makes it scan tables instead.
+    """
     key = node.table.primary_key
-    mine = [sql.col(node.alias, k) for k in key]
-    inserted = exp.select(*[sql.col("d", k) for k in key]).from_(_staged(node))
-    inserted = inserted.where(_weight_is(exp.GT), copy=False)
-    left: exp.Expr = mine[0] if len(mine) == 1 else exp.Tuple(expressions=mine)
-    kept = exp.Not(this=exp.In(this=left, query=inserted.subquery()))
+    same = [exp.EQ(this=sql.col("d", k), expression=sql.col(node.alias, k)) for k in key]
+    inserted = exp.select(sql.lit(1)).from_(_staged(node))
+    inserted = inserted.where(exp.and_(*same, _weight_is(exp.GT)), copy=False)
+    kept = exp.Not(this=exp.Exists(this=inserted))
     table = sql.table(node.table.schema, node.table.name, alias=node.alias)
     return exp.select(*[sql.col(node.alias, c) for c in node.columns]).from_(table).where(kept)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from dvm import sql
 from dvm.operators import SemiJoin
 from dvm.rules import Derived, rows, rule
+from dvm.rules.join import aliases
 from dvm.zset import Context, DerivedRows, Term, is_empty, nonempty, touched
 
 
@@ -27,8 +29,9 @@ def semi_join(node: SemiJoin, inputs: tuple[Derived, Derived], context: Context)
     now_out = exp.and_(exp.Not(this=kept(subquery.new)), kept(subquery.old))
     delta = [term.where_late(kept(subquery.old)) for term in nonempty(input.delta)]
     if not is_empty(subquery.delta):
-        delta.append(input.new.where(touched(subquery.delta, condition, now_in)))
-        delta.append(input.new.where(touched(subquery.delta, condition, now_out)).negated())
+        keys = sql.equated(condition, aliases(node.input), {node.subquery.alias})
+        delta.append(input.new.where(touched(subquery.delta, condition, now_in, keys)))
+        delta.append(input.new.where(touched(subquery.delta, condition, now_out, keys)).negated())
     return DerivedRows(
         new=input.new.where(kept(subquery.new)),
         old=input.old.where(kept(subquery.old)),
