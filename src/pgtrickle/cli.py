@@ -469,7 +469,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         text.append(f"fallback reason: {st.fallback_reason}")
     text += ["", plan.explain]
     if plan.delta_query is not None:
-        text += ["", "delta SQL:", render_pretty(parse_one(plan.delta_query))]
+        per_refresh = (
+            " (valid whatever changed; each refresh compiles it again for the sources that"
+            " staged rows, which reads the others as their tables)"
+            if plan.catalog is not None
+            else ""
+        )
+        text += ["", f"delta SQL{per_refresh}:", render_pretty(parse_one(plan.delta_query))]
     _print(args, data, "\n".join(text))
     return EXIT_OK
 

@@ -25,6 +25,17 @@ old base table in a product is the Z-set new - Δ (its weight a factor too).
 ['delta', 'old', 'old'] "r"."__pgt_w" * "s"."__pgt_w" * "t"."__pgt_w"
 ['new', 'delta', 'old'] "s"."__pgt_w" * "t"."__pgt_w"
 ['new', 'new', 'delta'] "t"."__pgt_w"
+
+For a refresh in which only r and t staged rows (``Context.changed``): s is its table in
+every term, and the terms of r and t read new states and deltas only, the product of both
+deltas subtracted.
+
+>>> changed = Context(changed=frozenset({1, 3}))
+>>> for term in derive(InnerJoin(tuple(scans), on), changed).delta:
+...     print([kind(item) for item in term.items], render(term.weight()))
+['delta', 'new', 'new'] "r"."__pgt_w"
+['new', 'new', 'delta'] "t"."__pgt_w"
+['delta', 'new', 'delta'] -("r"."__pgt_w" * "t"."__pgt_w")
 """
 
 from __future__ import annotations
