@@ -123,7 +123,7 @@ class Refresher:
         self.segment_size = wal_segment_size(self.conn)
         # the columns of each source's temp table: a source captured again may have others
         self._temp_tables: dict[int, tuple[str, ...]] = {}
-        self._statements = ApplyStatements()
+        self._statements = ApplyStatements(strict=self.check)
 
     def close(self) -> None:
         self.conn.close()

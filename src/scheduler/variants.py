@@ -26,8 +26,10 @@ log = structlog.get_logger("pgtrickle.refresh")
 class ApplyStatements:
     """A bounded cache: (stream table id, revision, changed sources) -> apply statement."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 256, *, strict: bool = False) -> None:
+        """``strict``: a failure to compile is raised, not logged (check mode: tests)."""
         self.size = size
+        self.strict = strict
         self._statements: OrderedDict[tuple[int, int, frozenset[int]], str] = OrderedDict()
 
     def statement(self, st: StreamTable, changed: frozenset[int]) -> str:
@@ -41,7 +43,19 @@ class ApplyStatements:
             self._statements.move_to_end(key)
             return found
         started = time.perf_counter()
-        compiled = refresh_apply_sql(st.plan, st.query, (st.schema, st.name), changed)
+        try:
+            compiled = refresh_apply_sql(st.plan, st.query, (st.schema, st.name), changed)
+        except Exception as error:
+            # a bug of the per-refresh compile must not fail a refresh that the stored
+            # statement can do
+            if self.strict:
+                raise
+            log.warning(
+                "could not compile the delta for the sources that changed; applying the stored one",
+                stream_table=st.display_name,
+                error=f"{type(error).__name__}: {error}",
+            )
+            compiled = None
         log.debug(
             "compiled the delta for the sources that changed",
             stream_table=st.display_name,
