@@ -39,6 +39,8 @@ class RefreshResult:
     timings: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     """Why the refresh ran in another way than the stream table's mode."""
+    compiled_for: frozenset[int] | None = None
+    """The sources (oids) the applied delta was compiled for; None: the stored statement."""
 
 
 def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshResult) -> None:

@@ -260,7 +260,7 @@ class Refresher:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged:
             result.delta_rows = staged
-            applied = self._apply_delta(st, changed, timings)
+            applied = self._apply_delta(st, changed, result)
             if applied is None:
                 result.reason = _TOPK_MISSED
                 log.warning(
@@ -304,13 +304,14 @@ class Refresher:
         return bool(row and row[0])
 
     def _apply_delta(
-        self, st: StreamTable, changed: frozenset[int], timings: dict[str, float]
+        self, st: StreamTable, changed: frozenset[int], result: RefreshResult
     ) -> int | None:
         """Rows changed; None when the statement's own guard failed and it changed nothing.
         ``changed``: the sources that staged rows (the statement is compiled for them)."""
         t0 = time.perf_counter()
-        apply_sql = self._statements.statement(st, changed)
-        timings["compile_ms"] = _ms(t0)
+        apply_sql, compiled = self._statements.statement(st, changed)
+        result.timings["compile_ms"] = _ms(t0)
+        result.compiled_for = changed if compiled else None
         # A delta query joins small deltas to whole tables through unions (a source's old
         # state is the table and its delta), which have no statistics: the planner then
         # overestimates, and sorts whole tables for merge joins that a nested loop over an

@@ -30,11 +30,13 @@ class ApplyStatements:
         """``strict``: a failure to compile is raised, not logged (check mode: tests)."""
         self.size = size
         self.strict = strict
-        self._statements: OrderedDict[tuple[int, int, frozenset[int]], str] = OrderedDict()
+        self._statements: OrderedDict[tuple[int, int, frozenset[int]], tuple[str, bool]] = (
+            OrderedDict()
+        )
 
-    def statement(self, st: StreamTable, changed: frozenset[int]) -> str:
-        """The statement applying a refresh in which only ``changed`` (oids) staged rows;
-        the stored one when the plan cannot be compiled for them."""
+    def statement(self, st: StreamTable, changed: frozenset[int]) -> tuple[str, bool]:
+        """The statement applying a refresh in which only ``changed`` (oids) staged rows, and
+        whether it was compiled for them (else it is the stored one: the plan cannot be)."""
         stored = st.plan.apply_sql
         assert stored is not None, "a differential plan has an apply statement"
         key = (st.id, st.revision, changed)
@@ -63,7 +65,7 @@ class ApplyStatements:
             ms=round((time.perf_counter() - started) * 1000, 1),
             specialized=compiled is not None,
         )
-        statement = compiled if compiled is not None else stored
+        statement = (compiled, True) if compiled is not None else (stored, False)
         self._statements[key] = statement
         if len(self._statements) > self.size:
             self._statements.popitem(last=False)
