@@ -203,11 +203,13 @@ class SetOperation:
 
 @dataclass(frozen=True, eq=False)
 class TopK:
-    """The first ``limit`` rows of ``input`` in ``order`` (expressions over its columns)."""
+    """The first ``limit`` rows of ``input`` in ``order`` (expressions over its columns),
+    after the first ``offset``."""
 
     input: Relation
     order: tuple[exp.Ordered, ...]
     limit: int
+    offset: int = 0
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -299,7 +301,8 @@ def _header(node: Operator) -> str:
         return f"{node.kind.value}{' ALL' if node.all else ''} ({', '.join(node.columns)})"
     assert isinstance(node, TopK), "aggregates are described with their calls"
     order = ", ".join(render(item) for item in node.order)
-    return f"TopK {node.limit} order by {order}"
+    skipped = f" offset {node.offset}" if node.offset else ""
+    return f"TopK {node.limit}{skipped} order by {order}"
 
 
 def _output(output: Output) -> str:

@@ -484,8 +484,14 @@ class _Resolver:
         """ORDER BY … LIMIT: a TopK; ORDER BY alone: ignored (a table has no row order)."""
         order = node.args.get("order")
         limit = node.args.get("limit") or node.args.get("fetch")
-        if node.args.get("offset") is not None:
-            raise _refuse("OFFSET", "TopK with OFFSET is not differentiable yet")
+        offset = node.args.get("offset")
+        skipped = offset.expression if isinstance(offset, exp.Offset) else None
+        if offset is not None and not (
+            isinstance(skipped, exp.Literal) and not skipped.is_string and skipped.is_int
+        ):
+            raise _refuse("OFFSET with an expression", "only a constant OFFSET is differentiable")
+        if offset is not None and limit is None:
+            raise _refuse("OFFSET without LIMIT", "not differentiable yet")
         if limit is None:
             if order is not None and top:
                 self.notes.append(Reason("ORDER BY", "ignored, a stream table has no row order"))
@@ -496,7 +502,7 @@ class _Resolver:
         if order is None:
             raise _refuse("LIMIT without ORDER BY", "which rows it keeps is not defined")
         items = tuple(self._order_item(item, relation, outputs) for item in order.expressions)
-        return TopK(relation, items, int(count.this))
+        return TopK(relation, items, int(count.this), int(skipped.this) if skipped else 0)
 
     def _order_item(
         self, item: exp.Ordered, relation: Relation, outputs: list[Output]

@@ -6,6 +6,12 @@ them. That holds unless a row that was not stored had to come in: every such row
 the last stored row (the boundary), so it holds when fewer than k rows were stored (they were
 all there is), or when k candidates are left and the k-th does not come after the boundary.
 The guard says whether it holds; when it does not, the refresh recomputes fully.
+
+With ``OFFSET m`` the stored rows are those after the first m. They stay the window's start
+when the delta's rows ordered before the first stored row net to zero (as many came as
+went: still m rows before it) and none ties with it; then the candidates are the stored rows
+and the delta's rows after the first stored one, and the rest is as above. The guard adds
+those two tests (and that rows were stored at all).
 """
 
 from __future__ import annotations
@@ -24,14 +30,84 @@ def _stored(storage: tuple[str, str], columns: tuple[str, ...], weight: exp.Expr
     )
 
 
+PLACE = "__pgt_place"
+"""Where a delta row is ordered against the first stored row: -1 before, 0 tied, 1 after."""
+
+
+def _placed(node: TopK, input: DerivedRelation, context: Context, storage: tuple[str, str]) -> str:
+    """The delta's rows (``__pgt_w, columns, __pgt_place``) placed against the first stored
+    row (NULL places when nothing is stored)."""
+    columns = node.columns
+    first = first_rows(
+        TopK(node.input, node.order, 1),
+        exp.select(*[sql.col("s", c) for c in columns]).from_(sql.table(*storage, alias="s")),
+    )
+    tag = "__pgt_tag"
+    boundary = exp.select(
+        sql.alias(sql.lit("b"), tag),
+        sql.alias(sql.lit(0), WEIGHT),
+        *[sql.col("f", c) for c in columns],
+    ).from_(first.subquery(sql.ident("f")))
+    changes = exp.select(
+        sql.alias(sql.lit("d"), tag), sql.col("d", WEIGHT), *[sql.col("d", c) for c in columns]
+    ).from_(cte_item(input.delta, "d"))
+    parts = exp.union(boundary, changes, distinct=False)
+    order = exp.Order(expressions=[qualified(item, "u") for item in node.order])
+    ranked = exp.select(
+        sql.col("u", tag),
+        sql.col("u", WEIGHT),
+        *[sql.col("u", c) for c in columns],
+        sql.alias(exp.Window(this=exp.Anonymous(this="RANK"), order=order), "__pgt_r"),
+    ).from_(aliased(parts, "u", (tag, WEIGHT, *columns)))
+    first_rank = exp.Window(
+        this=exp.Max(
+            this=exp.Case(
+                ifs=[
+                    exp.If(
+                        this=exp.EQ(this=sql.col("r", tag), expression=sql.lit("b")),
+                        true=sql.col("r", "__pgt_r"),
+                    )
+                ]
+            )
+        )
+    )
+    placed = (
+        exp.select(sql.col("p", WEIGHT), *[sql.col("p", c) for c in columns], sql.col("p", PLACE))
+        .from_(
+            exp.select(
+                sql.col("r", tag),
+                sql.col("r", WEIGHT),
+                *[sql.col("r", c) for c in columns],
+                sql.alias(
+                    sql.func("SIGN", exp.Sub(this=sql.col("r", "__pgt_r"), expression=first_rank)),
+                    PLACE,
+                ),
+            )
+            .from_(ranked.subquery(sql.ident("r")))
+            .subquery(sql.ident("p"))
+        )
+        .where(exp.EQ(this=sql.col("p", tag), expression=sql.lit("d")))
+    )
+    return context.cte(placed, "o")
+
+
 def _candidates(
     node: TopK, input: DerivedRelation, context: Context, storage: tuple[str, str]
-) -> str:
-    """Distinct candidate values with their multiplicity (> 0), compared as text."""
+) -> tuple[str, str | None]:
+    """Distinct candidate values with their multiplicity (> 0), compared as text; and with
+    an OFFSET, the placed delta (see ``_placed``)."""
     columns = node.columns
     changes = exp.select(sql.col("d", WEIGHT), *[sql.col("d", c) for c in columns]).from_(
         cte_item(input.delta, "d")
     )
+    placed = None
+    if node.offset:
+        placed = _placed(node, input, context, storage)
+        changes = (
+            exp.select(sql.col("d", WEIGHT), *[sql.col("d", c) for c in columns])
+            .from_(cte_item(placed, "d"))
+            .where(exp.EQ(this=sql.col("d", PLACE), expression=sql.lit(1)))
+        )
     everything = exp.union(_stored(storage, columns, sql.lit(1)), changes, distinct=False)
     text = sql.row_text([sql.col("e", c) for c in columns])
     netted = exp.select(
@@ -52,7 +128,7 @@ def _candidates(
             copy=False,
         )
     )
-    return context.cte(candidates, "k")
+    return context.cte(candidates, "k"), placed
 
 
 def _expanded(columns: tuple[str, ...], candidates: str) -> exp.Select:
@@ -73,8 +149,9 @@ def delta_query(
 ) -> exp.Select:
     """``__pgt_row_id, __pgt_weight, columns``: the stored rows replaced by the new first rows."""
     columns = node.columns
-    candidates = _candidates(node, input, context, storage)
-    top = first_rows(node, _expanded(columns, candidates))
+    candidates, placed = _candidates(node, input, context, storage)
+    # the candidates start at the window: its first rows, without the offset
+    top = first_rows(TopK(node.input, node.order, node.limit), _expanded(columns, candidates))
     change = exp.union(
         exp.select(sql.alias(sql.lit(1), WEIGHT), exp.Star()).from_(top.subquery(sql.ident("t"))),
         _stored(storage, columns, sql.lit(-1)),
@@ -86,7 +163,8 @@ def delta_query(
     ).from_(change.subquery(sql.ident("z")), copy=False)
     # the guard in the same statement: its candidates are derived once, and when it fails
     # there are no rows (the apply reports it, and the refresh recomputes)
-    context.ctes.append((GUARD, exp.select(sql.alias(_valid(node, candidates, storage), "valid"))))
+    valid = _valid(node, candidates, placed, storage)
+    context.ctes.append((GUARD, exp.select(sql.alias(valid, "valid"))))
     holds = exp.select(sql.col(None, "valid")).from_(GUARD).subquery()
     changes = exp.select(exp.Star()).from_(
         consolidate.bag(identified, columns).subquery(sql.ident("__pgt_g")), copy=False
@@ -108,11 +186,12 @@ def guard_query(
     node: TopK, input: DerivedRelation, context: Context, storage: tuple[str, str]
 ) -> exp.Select:
     """One boolean: whether the candidates hold the new first rows (else: recompute)."""
-    candidates = _candidates(node, input, context, storage)
-    return context.statement(exp.select(sql.alias(_valid(node, candidates, storage), "valid")))
+    candidates, placed = _candidates(node, input, context, storage)
+    valid = _valid(node, candidates, placed, storage)
+    return context.statement(exp.select(sql.alias(valid, "valid")))
 
 
-def _valid(node: TopK, candidates: str, storage: tuple[str, str]) -> exp.Expr:
+def _valid(node: TopK, candidates: str, placed: str | None, storage: tuple[str, str]) -> exp.Expr:
     columns = node.columns
     stored = exp.select(*[sql.col("s", c) for c in columns]).from_(sql.table(*storage, alias="s"))
     kth = (
@@ -136,7 +215,25 @@ def _valid(node: TopK, candidates: str, storage: tuple[str, str]) -> exp.Expr:
         .limit(1, copy=False)
     )
     count = exp.select(exp.Count(this=exp.Star())).from_(sql.table(*storage, alias="s"))
-    return exp.or_(
+    valid = exp.or_(
         exp.LT(this=count.subquery(), expression=sql.lit(node.limit)),
         exp.EQ(this=first.subquery(), expression=sql.lit("k")),
     )
+    if placed is None:
+        return valid
+    before = exp.Filter(
+        this=exp.Sum(this=sql.col("o", WEIGHT)),
+        expression=exp.Where(this=exp.EQ(this=sql.col("o", PLACE), expression=sql.lit(-1))),
+    )
+    tied = exp.Filter(
+        this=exp.Count(this=exp.Star()),
+        expression=exp.Where(this=exp.EQ(this=sql.col("o", PLACE), expression=sql.lit(0))),
+    )
+    still = exp.select(
+        exp.and_(
+            exp.EQ(this=sql.coalesce_zero(before), expression=sql.lit(0)),
+            exp.EQ(this=tied, expression=sql.lit(0)),
+        )
+    ).from_(cte_item(placed, "o"))
+    any_stored = exp.Exists(this=exp.select(sql.lit(1)).from_(sql.table(*storage, alias="s")))
+    return exp.and_(any_stored, exp.paren(still.subquery()), exp.paren(valid))

@@ -1172,7 +1172,11 @@ def top_k(draw: Draw, ctx: Context, depth: int, prefix: str = "c", keyable: bool
         direction = draw(st.sampled_from(["", " DESC", " ASC", " DESC NULLS LAST", " NULLS FIRST"]))
         items.append(written + direction)
     k = draw(st.integers(1, 6))
-    limit = f" LIMIT {k}" if usually(draw, 3) else f" FETCH FIRST {k} ROWS ONLY"
+    skipped = draw(st.sampled_from([0, 0, 1, 3]))
+    if usually(draw, 3):
+        limit = f" LIMIT {k}" + (f" OFFSET {skipped}" if skipped else "")
+    else:
+        limit = (f" OFFSET {skipped} ROWS" if skipped else "") + f" FETCH FIRST {k} ROWS ONLY"
     sql = f"{base.sql} ORDER BY {', '.join(items)}{limit}"
     return Query(sql, base.outputs, base.tables, base.unique)
 

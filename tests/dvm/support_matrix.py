@@ -115,6 +115,17 @@ CONSTRUCTS: list[tuple[str, str, str]] = [
     ("DISTINCT and set operations", "EXCEPT ALL", "except_all"),
     ("TopK", "ORDER BY … LIMIT k (validated at each refresh, else recomputed)", "top_k"),
     ("TopK", "ORDER BY … LIMIT k over an aggregate", "top_k_aggregate"),
+    ("TopK", "ORDER BY … LIMIT k OFFSET m (validated likewise)", "top_k_offset"),
+    (
+        "TopK",
+        "ORDER BY … OFFSET m ROWS FETCH FIRST k ROWS ONLY over an aggregate",
+        "top_k_aggregate_offset",
+    ),
+    (
+        "TopK",
+        "ORDER BY … LIMIT k OFFSET m in a subquery (recomputed)",
+        "top_k_offset_in_a_subquery",
+    ),
 ]
 
 # One call per aggregate the issue lists, over the test tables (orders: qty integer, amount

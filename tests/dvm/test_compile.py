@@ -162,7 +162,7 @@ def test_interval_literals_that_sqlglot_would_mangle_are_refused() -> None:
 
 REFUSED = [
     ("SELECT DISTINCT ON (cid) cid, id FROM orders", "DISTINCT ON"),
-    ("SELECT id FROM orders ORDER BY id OFFSET 5", "OFFSET"),
+    ("SELECT id FROM orders ORDER BY id OFFSET 5", "OFFSET without LIMIT"),
     ("SELECT id FROM orders LIMIT 5", "LIMIT without ORDER BY"),
     ("SELECT id, row_number() OVER (ORDER BY id) FROM orders", "window function row_number()"),
     ("SELECT id, random() AS r FROM orders", "random()"),

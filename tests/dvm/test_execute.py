@@ -251,6 +251,20 @@ SHAPES = {
         "SELECT cid, sum(qty) AS total FROM orders GROUP BY cid ORDER BY total DESC, cid LIMIT 3",
         ["orders"],
     ),
+    "top_k_offset": (
+        "SELECT id, qty, amount FROM orders ORDER BY qty DESC, id LIMIT 4 OFFSET 3",
+        ["orders"],
+    ),
+    "top_k_aggregate_offset": (
+        "SELECT cid, sum(qty) AS total FROM orders GROUP BY cid ORDER BY total, cid"
+        " OFFSET 2 ROWS FETCH FIRST 3 ROWS ONLY",
+        ["orders"],
+    ),
+    "top_k_offset_in_a_subquery": (
+        "SELECT count(*), sum(qty) FROM"
+        " (SELECT id, qty FROM orders ORDER BY qty, id LIMIT 5 OFFSET 2) AS t",
+        ["orders"],
+    ),
     # row identity by value
     "numeric_keys_by_value": (
         "SELECT amount / 1 AS a, count(*) FROM orders GROUP BY 1",

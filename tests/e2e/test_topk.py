@@ -56,3 +56,35 @@ def test_a_first_row_leaving_is_recomputed_with_the_reason(
     assert reason is not None and reason.startswith("TopK:")
     assert first not in stored_ids(db.dsn) and len(stored_ids(db.dsn)) == 5
     assert mismatched(db.dsn) == {}
+
+
+OFFSET_YAML = """
+stream_tables:
+  - name: next_biggest
+    query: SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 5 OFFSET 5
+    refresh_mode: differential
+"""
+
+
+def test_with_an_offset_a_change_after_the_skipped_rows_is_applied_one_before_recomputed(
+    db: Database,
+) -> None:
+    with declared_refresher(db.dsn, OFFSET_YAML) as refresher:
+        with psycopg.connect(db.dsn) as conn:
+            rows = conn.execute(
+                "SELECT id FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 3 OFFSET 20"
+            ).fetchall()
+            # rows far after the window change among themselves: the window stays
+            conn.execute(
+                "UPDATE orders SET amount = amount - 1 WHERE id = ANY(%s)", ([r[0] for r in rows],)
+            )
+        st = get_stream_table(refresher.staging, "next_biggest")
+        assert refresher.refresh(st).action is RefreshAction.DIFFERENTIAL
+        with psycopg.connect(db.dsn) as conn:
+            # a new first row: every stored row moves one place down, out of or into the window
+            conn.execute("UPDATE orders SET amount = 99999999 WHERE id = %s", (rows[0][0],))
+        result = refresher.refresh(st)
+        assert result.action is RefreshAction.FULL
+        reason = last_reason(db.dsn)
+        assert reason is not None and reason.startswith("TopK:")
+        assert mismatched(db.dsn) == {}

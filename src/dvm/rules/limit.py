@@ -23,6 +23,8 @@ def first_rows(node: TopK, state: exp.Query) -> exp.Select:
         .order_by(*[qualified(item, "__pgt_o") for item in node.order], copy=False)
         .limit(node.limit, copy=False)
     )
+    if node.offset:
+        inner = inner.offset(node.offset, copy=False)
     return exp.select(*[sql.col("__pgt_l", c) for c in node.columns]).from_(
         inner.subquery(sql.ident("__pgt_l"))
     )
