@@ -105,6 +105,10 @@ def check_mode_enabled() -> bool:
     return os.environ.get("PGTRICKLE_CHECK_REFRESH", "") not in ("", "0", "false")
 
 
+STAGING_WORK_MEM = "64MB"
+"""The staging session's memory for netting the changed rows."""
+
+
 class Refresher:
     """Refreshes stream tables on its own pair of connections (one per worker)."""
 
@@ -120,6 +124,9 @@ class Refresher:
             dsn, autocommit=True, fallback_application_name="pgtrickle-staging"
         )
         self.staging.execute("SET synchronous_commit = on")
+        # netting sorts every staged row: at the default 4 MB, the 60,000 lineitems of a
+        # 1 % change at SF 1 sort on disk
+        self.staging.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(STAGING_WORK_MEM)))
         self.segment_size = wal_segment_size(self.conn)
         # the columns of each source's temp table: a source captured again may have others
         self._temp_tables: dict[int, tuple[str, ...]] = {}

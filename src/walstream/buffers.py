@@ -278,13 +278,16 @@ _BYTEWISE_TYPES = frozenset({"text", "character varying", "character", "name"})
 
 def _identity(value: sql.Composable, column_type: str) -> sql.Composable:
     """What a staged value is netted by: itself where equality is sameness of text (or
-    bytes), else its text (``1.5`` and ``1.50`` are equal numerics that a stream table shows
-    differently, and json has no equality)."""
+    bytes), a numeric with its scale (``1.5`` and ``1.50`` are equal numerics that a stream
+    table shows differently; value and scale tell its text, and sort faster than it), else
+    its text (json has no equality)."""
     base = column_type.split("(")[0].strip()
     if base in _FAITHFUL_TYPES:
         return value
     if base in _BYTEWISE_TYPES:
         return sql.SQL('{} COLLATE "C"').format(value)
+    if base == "numeric" and not column_type.endswith("[]"):
+        return sql.SQL("{}, scale({})").format(value, value)
     return sql.SQL("{}::text").format(value)  # arrays ("integer[]") too
 
 
