@@ -67,7 +67,7 @@ def test_many_changes_are_recomputed_when_that_is_measured_to_be_cheaper(
     result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
     assert result.action is RefreshAction.FULL
     reason = last_reason(db.dsn)
-    assert reason is not None and reason.startswith("auto: applying")
+    assert reason is not None and reason.startswith("auto: a differential refresh of about")
     assert mismatched(db.dsn) == {}
 
 
@@ -89,4 +89,33 @@ def test_few_changes_are_applied(refresher: Refresher, db: Database) -> None:
     result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
     assert result.action in (RefreshAction.DIFFERENTIAL, RefreshAction.NO_DATA)
     assert last_reason(dsn=db.dsn) is None
+    assert mismatched(db.dsn) == {}
+
+
+def recomputed(dsn: str, times: int) -> None:
+    """``times`` refreshes that recomputed, after the history's differential ones."""
+    with psycopg.connect(dsn) as conn:
+        for _ in range(times):
+            conn.execute(
+                "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status,"
+                " started_at, finished_at, delta_rows, apply_ms, reason)"
+                " SELECT id, 'full', 'ok', now(), now(), 6, 5, 'auto: ...'"
+                " FROM pgtrickle.stream_tables"
+            )
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"), [(0, RefreshAction.FULL), (10, RefreshAction.DIFFERENTIAL)]
+)
+def test_a_close_call_is_measured_again_after_ten_recomputations(
+    refresher: Refresher, db: Database, since: int, expected: RefreshAction
+) -> None:
+    # one sample of 10 rows in 10 ms: 3 updated rows (6 staged) would take about 8 ms, a
+    # recomputation 5 ms
+    measured_history(db.dsn, full_ms=5.0, per_row_ms=1.0, sizes=(10,))
+    recomputed(db.dsn, since)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE id IN (1, 2, 3)")
+    result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
+    assert result.action is expected
     assert mismatched(db.dsn) == {}
