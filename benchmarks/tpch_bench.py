@@ -550,7 +550,7 @@ def _cell_line(cell: Cell) -> str:
         parts.append(f"{method} {last[0].ms:,.0f} ms" if last else f"{method} -")
     auto = cell.timings["auto"][-1:]
     if auto and auto[0].reason:
-        parts.append(f"(auto: {auto[0].reason})")
+        parts.append(f"({auto[0].reason})")
     diff = cell.timings["differential"][-1:]
     if diff and diff[0].reason:
         parts.append(f"(differential: {diff[0].reason})")
