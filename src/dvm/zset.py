@@ -232,11 +232,11 @@ class DerivedRelation:
     old: exp.Query
     delta: str
     restricted: Restrictor | None = field(default=None, compare=False)
-    empty: bool = False
-    """Its delta is known to have no rows in this refresh (its sources staged none)."""
     """(new, old) with only the rows whose ``column`` is among the values of a query (an
     aggregate: the groups of those keys, the condition inside its GROUP BY query); None
     where the column is not one it can restrict by."""
+    empty: bool = False
+    """Its delta is known to have no rows in this refresh (its sources staged none)."""
 
 
 Restrictor = Callable[[str, exp.Query], "tuple[exp.Query, exp.Query] | None"]

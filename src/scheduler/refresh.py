@@ -35,11 +35,10 @@ from walstream.buffers import (
     CapturedSource,
     copy_into_staging,
     create_staging_table,
-    expected_rows_query,
     load_sources,
     staging_query,
-    truncated_query,
     visible_window,
+    window_query,
 )
 from walstream.catalog import StreamTable, StreamTableStatus, find_stream_table
 from walstream.dsn import connect
@@ -253,29 +252,26 @@ class Refresher:
         self._wait_buffered(result.frontier_lsn)
         timings["wait_ms"] = _ms(t0)
         t0 = time.perf_counter()
-        if st.refresh_mode is RefreshMode.AUTO:
-            # decided before staging: rows staged only to be recomputed are a cost for nothing
-            # (600,000 lineitems: 4 s)
-            expected = self._expected_rows(st, sources, snapshot, frontier)
-            if expected and (reason := self._auto_prefers_full(st, expected)) is not None:
-                timings["stage_ms"] = _ms(t0)
+        truncated, expected = self._window(st, sources, snapshot, frontier)
+        # auto decides before staging: rows staged only to be recomputed are a cost for
+        # nothing (600,000 lineitems: 4 s)
+        reason = self._auto_prefers_full(st, expected) if expected and not truncated else None
+        if truncated or reason is not None:
+            timings["stage_ms"] = _ms(t0)
+            if reason is not None:
                 result.reason = reason
+                result.delta_rows = expected
                 log.info(
                     "recomputing instead of applying", stream_table=st.display_name, reason=reason
                 )
-                result.delta_rows = expected
-                t0 = time.perf_counter()
-                result.rows_changed = recompute(
-                    self.conn, st.qualified_name, st.plan, what=_what(st)
-                )
-                timings["apply_ms"] = _ms(t0)
-                return
-        truncated, staged, changed = self._stage(st, sources, snapshot, frontier, timings)
+            t0 = time.perf_counter()
+            result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
+            timings["apply_ms"] = _ms(t0)
+            return
+        staged, changed = self._stage(st, sources, snapshot, frontier, timings)
         timings["stage_ms"] = _ms(t0)
         t0 = time.perf_counter()
-        if truncated:
-            result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
-        elif staged and not self._guard_holds(st):
+        if staged and not self._guard_holds(st):
             result.reason = _TOPK_MISSED
             log.warning(
                 "recomputing the first rows", stream_table=st.display_name, reason=result.reason
@@ -305,19 +301,20 @@ class Refresher:
         # and a first refresh that compiled for 300 ms made it recompute from then on)
         timings["apply_ms"] = _ms(t0) - timings.get("compile_ms", 0.0)
 
-    def _expected_rows(
+    def _window(
         self, st: StreamTable, sources: dict[int, CapturedSource], snapshot: str, frontier: str
-    ) -> int:
-        """About as many rows as staging this refresh would stage: each buffered insert and
-        delete one, each update two (before netting)."""
+    ) -> tuple[bool, int]:
+        """(a TRUNCATE among this refresh's changes, about as many rows as staging them
+        gives): one scan of each buffer, on the staging session (which sees them all)."""
         window = self.staging_window(snapshot, frontier)
-        total = 0
+        truncated, total = False, 0
         for oid in st.source_oids:
             source = sources.get(oid)
             if source is not None:
-                row = self.staging.execute(expected_rows_query(source, window)).fetchone()
-                total += int(row[0]) if row else 0
-        return total
+                row = self.staging.execute(window_query(source, window)).fetchone()
+                assert row is not None  # an aggregate without GROUP BY
+                truncated, total = truncated or bool(row[0]), total + int(row[1])
+        return truncated, total
 
     def _auto_prefers_full(self, st: StreamTable, staged: int) -> str | None:
         """For ``auto``: why recomputing is cheaper than applying ``staged`` changed rows,
@@ -410,8 +407,8 @@ class Refresher:
         snapshot: str,
         frontier: str,
         timings: dict[str, float],
-    ) -> tuple[bool, int, frozenset[int]]:
-        """Copy this refresh's changes into the temp tables; (a TRUNCATE among them, rows,
+    ) -> tuple[int, frozenset[int]]:
+        """Copy this refresh's changes (no TRUNCATE among them) into the temp tables; (rows,
         the sources with rows). ``timings`` gets the parts: ``stage_copy_ms`` and
         ``stage_analyze_ms``."""
         total = 0
@@ -426,9 +423,6 @@ class Refresher:
             source = sources.get(oid)
             if source is None:
                 continue
-            truncated = self.staging.execute(truncated_query(source, window)).fetchone()
-            if truncated and truncated[0]:
-                return True, 0, frozenset()
             query = staging_query(source, window, st.plan.columns_read.get(oid))
             t0 = time.perf_counter()
             with (
@@ -451,7 +445,7 @@ class Refresher:
                 sql.SQL("ANALYZE pg_temp.{}").format(sql.Identifier(source.staging_table))
             )
             timings["stage_analyze_ms"] += _ms(t0)
-        return False, total, frozenset(changed)
+        return total, frozenset(changed)
 
     def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:
         """Which buffer rows this refresh applies (a test overrides it to prove the check)."""

@@ -180,18 +180,18 @@ def visible_window(snapshot: str, frontier: str) -> sql.Composable:
     ).format(s=s, f=f)
 
 
-def expected_rows_query(source: CapturedSource, window: sql.Composable) -> sql.Composed:
-    """One value: about as many rows as staging ``window`` gives (an update is two: its old
-    and its new values; netting and updates of columns nobody reads make them fewer)."""
+def window_query(source: CapturedSource, window: sql.Composable) -> sql.Composed:
+    """One row: whether a TRUNCATE of the source is among the rows in ``window``, and about
+    as many rows as staging them gives (an update is two, its old and its new values;
+    netting and updates of columns nobody reads make them fewer)."""
     return sql.SQL(
-        "SELECT count(*) + count(*) FILTER (WHERE b.action = {}) FROM {} b WHERE {}"
-    ).format(sql.Literal(BufferAction.UPDATE.value), source.buffer, window)
-
-
-def truncated_query(source: CapturedSource, window: sql.Composable) -> sql.Composed:
-    """Whether a TRUNCATE of the source is among the rows in ``window``."""
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} b WHERE {} AND b.action = {})").format(
-        source.buffer, window, sql.Literal(BufferAction.TRUNCATE.value)
+        "SELECT coalesce(bool_or(b.action = {}), false),"
+        " count(*) + count(*) FILTER (WHERE b.action = {}) FROM {} b WHERE {}"
+    ).format(
+        sql.Literal(BufferAction.TRUNCATE.value),
+        sql.Literal(BufferAction.UPDATE.value),
+        source.buffer,
+        window,
     )
 
 

@@ -142,21 +142,11 @@ def _reduced(
     target = node.inputs[j]
     if input.reduced is None or not isinstance(target, SubqueryScan):
         return input
-    for conjunct in sql.conjuncts(node.condition):
-        if not isinstance(conjunct, exp.EQ):
-            continue
-        for side, other in (
-            (conjunct.this, conjunct.expression),
-            (conjunct.expression, conjunct.this),
-        ):
-            if not (isinstance(side, exp.Column) and side.table == target.alias):
-                continue
-            if not isinstance(other, exp.Column) or other.table not in mine:
-                continue
-            values = _values(term, other)
-            reduced = None if values is None else input.reduced(side.name, values)
-            if reduced is not None:
-                return reduced
+    for other, side in sql.equated(node.condition, mine, {target.alias}):
+        values = _values(term, other) if isinstance(other, exp.Column) else None
+        reduced = None if values is None else input.reduced(side.name, values)
+        if reduced is not None:
+            return reduced
     return input
 
 
