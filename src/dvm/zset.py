@@ -36,6 +36,8 @@ from dvm import sql
 ROW_ID = "__pgt_row_id"
 WEIGHT = "__pgt_w"
 GUARD = "__pgt_guard"
+_FENCE = "__pgt_f"
+_KEEP = "__pgt_keep"
 """The CTE of a TopK's delta query holding its guard: one row, a boolean ``valid``."""
 
 
@@ -76,6 +78,9 @@ class Term:
     empty: bool = False
     """Known to have no rows in this refresh (its sources staged none): its SQL ends in
     ``WHERE FALSE``, and a rule leaves it out wherever a union of terms can do without it."""
+    late: tuple[exp.Expr, ...] = ()
+    """Costly tests of a joined row (existence in a state), applied after the join of the
+    items (see ``where_late``)."""
 
     def weight(self) -> exp.Expr:
         if not self.factors:
@@ -89,14 +94,32 @@ class Term:
         return replace(self, conditions=(*self.conditions, *conditions))
 
     def where_late(self, condition: exp.Expr) -> Term:
-        """``where(condition)`` for a costly test of a row (existence in a state): written
-        ``condition OR d.__pgt_w IS NULL`` for a delta item ``d`` (whose weight is never
-        NULL), PostgreSQL tests it after joining the delta, not on every row of a table."""
+        """``where(condition)`` for a costly test of a row (existence in a state), applied to
+        the rows the items' join gives, not inside it.
+
+        In a condition the planner costs the test as a filter of each row an index scan
+        fetches, and then prefers hashing a whole table (TPC-H Q18: all of ``orders``, 870 ms,
+        where a nested loop over the delta takes 48). So ``select`` computes the test in the
+        select list of a fenced subquery (``OFFSET 0``) and filters on it outside; where a
+        query needs the term's FROM and WHERE themselves, it is written ``condition OR
+        d.__pgt_w IS NULL`` for a delta item ``d`` (whose weight is never NULL), which
+        PostgreSQL also tests at the delta's join, if costed as above.
+        """
         if not self.deltas:
             return self.where(condition)
+        return replace(self, late=(*self.late, condition))
+
+    def _late_conditions(self) -> tuple[exp.Expr, ...]:
+        """The late tests as conditions: ``(test OR d.__pgt_w IS NULL)``."""
+        if not self.late:
+            return ()
         weight = sql.col(sorted(self.deltas)[0], WEIGHT)
-        late = exp.or_(exp.paren(condition.copy()), exp.Is(this=weight, expression=exp.Null()))
-        return self.where(exp.paren(late))
+        return tuple(
+            exp.paren(
+                exp.or_(exp.paren(c.copy()), exp.Is(this=weight.copy(), expression=exp.Null()))
+            )
+            for c in self.late
+        )
 
     def times(self, other: Term) -> Term:
         """The cross product: items, conditions and weights of both."""
@@ -107,6 +130,7 @@ class Term:
             self.sign * other.sign,
             self.deltas | other.deltas,
             self.empty or other.empty,
+            self.late + other.late,
         )
 
     def negated(self) -> Term:
@@ -124,26 +148,45 @@ class Term:
     def as_item(self) -> exp.Expr:
         """The items as one FROM item: a join whose last ON holds the conditions."""
         first, *rest = self.items
-        assert rest or not self.conditions, "a FROM tree's state of one item has no conditions"
+        conditions = self.conditions + self._late_conditions()
+        assert rest or not conditions, "a FROM tree's state of one item has no conditions"
         item = first
         for index, other in enumerate(rest):
             last = index == len(rest) - 1
-            on = sql.and_all(self.conditions) if last and self.conditions else exp.true()
+            on = sql.and_all(conditions) if last and conditions else exp.true()
             item = joined(item, None, other, on or exp.true())
         return item
 
-    def select(self, columns: Sequence[exp.Expr], *, weighted: bool) -> exp.Select:
-        """``SELECT [weight AS __pgt_w,] columns FROM items WHERE conditions``."""
+    def select(
+        self, columns: Sequence[exp.Expr], *, weighted: bool, fenced: bool = True
+    ) -> exp.Select:
+        """``SELECT [weight AS __pgt_w,] columns FROM items WHERE conditions``; with late
+        tests and ``fenced``, ``SELECT … FROM (SELECT …, tests AS keep … OFFSET 0) WHERE
+        keep`` (see ``where_late``), where every column has a name to keep."""
         listed: list[exp.Expr] = [sql.alias(self.weight(), WEIGHT)] if weighted else []
         listed.extend(column.copy() for column in columns)
-        return self.from_where(exp.select(*listed))
+        names = [column.alias_or_name for column in listed]
+        if not (self.late and fenced and all(names)):
+            return self.from_where(exp.select(*listed))
+        inner = replace(self, late=()).from_where(
+            exp.select(*listed, sql.alias(sql.and_all(self.late) or exp.true(), _KEEP))
+        )
+        positions = [f"__pgt_f{i}" for i in range(1, len(listed) + 1)]
+        fence = aliased(inner.offset(0, copy=False), _FENCE, [*positions, _KEEP])
+        return (
+            exp.select(
+                *[sql.alias(sql.col(_FENCE, p), n) for p, n in zip(positions, names, strict=True)]
+            )
+            .from_(fence, copy=False)
+            .where(sql.col(_FENCE, _KEEP), copy=False)
+        )
 
     def from_where(self, select: exp.Select) -> exp.Select:
         first, *rest = self.items
         select = select.from_(first.copy(), copy=False)
         for item in rest:
             select = select.join(item.copy(), join_type="cross", copy=False)
-        condition = sql.and_all(self.conditions)
+        condition = sql.and_all(self.conditions + self._late_conditions())
         return select.where(condition, copy=False) if condition is not None else select
 
     def exists(self, condition: exp.Expr | None = None) -> exp.Exists:
@@ -154,7 +197,7 @@ class Term:
         (one group read by index), instead of joining with every group computed.
         """
         term = self.where(condition) if condition is not None else self
-        select = term.select([sql.lit(1)], weighted=False)
+        select = term.select([sql.lit(1)], weighted=False, fenced=False)
         if any(item.find(exp.Group, exp.AggFunc) is not None for item in self.items):
             select = select.offset(0, copy=False)
         return exp.Exists(this=select)

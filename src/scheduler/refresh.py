@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -109,8 +111,33 @@ EXPLORE_AFTER = 10
 """auto: after this many refreshes that recomputed, a differential one when the estimate
 says it is at most twice as slow (it may be wrong, and recomputing never corrects it)."""
 
+APPLY_PLANNER_SETTINGS = (("enable_mergejoin", "off"), ("random_page_cost", "1.1"))
+"""The planner's settings for a delta statement, which joins a few thousand changed rows to
+whole tables. Merge joins sort whole tables that a nested loop over an index avoids (TPC-H
+Q3 at 0.1 %: 216 -> 11 ms); and the default random_page_cost of 4 prices an index probe as a
+disk read, so a thousand probes of ``customer`` look dearer than hashing all of it (Q18:
+hashing 150,000 customers took 65 of its 388 ms), where the probed pages are cached."""
+
 STAGING_WORK_MEM = "64MB"
 """The staging session's memory for netting the changed rows."""
+
+
+@contextlib.contextmanager
+def _planner_settings(
+    conn: psycopg.Connection[Any], settings: Sequence[tuple[str, str]]
+) -> Iterator[None]:
+    """``settings`` for the statements run inside, as they were after them (set local to the
+    refresh transaction: a failure rolls them back with it)."""
+    saved: dict[str, str] = {}
+    for name, value in settings:
+        row = conn.execute(
+            "SELECT current_setting(%s), set_config(%s, %s, true)", (name, name, value)
+        ).fetchone()
+        assert row is not None
+        saved[name] = str(row[0])
+    yield
+    for name, value in saved.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 class Refresher:
@@ -355,14 +382,8 @@ class Refresher:
         apply_sql, compiled = self._statements.statement(st, changed)
         result.timings["compile_ms"] = _ms(t0)
         result.compiled_for = changed if compiled else None
-        # A delta query joins small deltas to whole tables through unions (a source's old
-        # state is the table and its delta), which have no statistics: the planner then
-        # overestimates, and sorts whole tables for merge joins that a nested loop over an
-        # index avoids (TPC-H Q3 at 0.1%: 216 -> 11 ms). Only for this statement.
-        # (after a failure the transaction is rolled back, and the setting with it)
-        self.conn.execute("SET LOCAL enable_mergejoin = off")
-        cur = self.conn.execute(apply_sql.encode())
-        self.conn.execute("SET LOCAL enable_mergejoin = on")
+        with _planner_settings(self.conn, APPLY_PLANNER_SETTINGS):
+            cur = self.conn.execute(apply_sql.encode())
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             # (deleted, inserted), and for a TopK whether its guard held
             row = cur.fetchone()

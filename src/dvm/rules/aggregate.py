@@ -39,7 +39,8 @@ def grouped(
     restriction: exp.Expr | None = None,
 ) -> exp.Select:
     """``SELECT columns FROM term GROUP BY keys HAVING having``, restricted to some groups."""
-    select = term.select(columns, weighted=False)
+    # clauses follow: the term's own FROM and WHERE (a fenced select has another FROM)
+    select = term.select(columns, weighted=False, fenced=False)
     if node.group_by:
         select = select.group_by(*[sql.group_key(key) for key in node.group_by], copy=False)
         if restriction is not None:
