@@ -36,9 +36,10 @@ from dvm import sql
 ROW_ID = "__pgt_row_id"
 WEIGHT = "__pgt_w"
 GUARD = "__pgt_guard"
+"""The CTE of a TopK's delta query holding its guard: one row, a boolean ``valid``."""
 _FENCE = "__pgt_f"
 _KEEP = "__pgt_keep"
-"""The CTE of a TopK's delta query holding its guard: one row, a boolean ``valid``."""
+"""A fenced term's subquery and its column of the late tests (see ``Term.where_late``)."""
 
 
 def aliased(item: exp.Expr, alias: str, columns: Sequence[str] | None = None) -> exp.Expr:
@@ -168,9 +169,8 @@ class Term:
         names = [column.alias_or_name for column in listed]
         if not (self.late and fenced and all(names)):
             return self.from_where(exp.select(*listed))
-        inner = replace(self, late=()).from_where(
-            exp.select(*listed, sql.alias(sql.and_all(self.late) or exp.true(), _KEEP))
-        )
+        keep = exp.and_(*[c.copy() for c in self.late], copy=False)
+        inner = replace(self, late=()).from_where(exp.select(*listed, sql.alias(keep, _KEEP)))
         positions = [f"__pgt_f{i}" for i in range(1, len(listed) + 1)]
         fence = aliased(inner.offset(0, copy=False), _FENCE, [*positions, _KEEP])
         return (

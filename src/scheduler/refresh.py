@@ -123,21 +123,28 @@ STAGING_WORK_MEM = "64MB"
 
 
 @contextlib.contextmanager
-def _planner_settings(
+def planner_settings(
     conn: psycopg.Connection[Any], settings: Sequence[tuple[str, str]]
 ) -> Iterator[None]:
     """``settings`` for the statements run inside, as they were after them (set local to the
     refresh transaction: a failure rolls them back with it)."""
-    saved: dict[str, str] = {}
-    for name, value in settings:
-        row = conn.execute(
-            "SELECT current_setting(%s), set_config(%s, %s, true)", (name, name, value)
-        ).fetchone()
-        assert row is not None
-        saved[name] = str(row[0])
+    names = [name for name, _ in settings]
+    # one round trip each way: the settings as they were, then as wanted
+    row = conn.execute(
+        sql.SQL("SELECT {}, {}").format(
+            sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in settings),
+            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in settings),
+        ),
+        [*names, *[part for pair in settings for part in pair]],
+    ).fetchone()
+    assert row is not None
     yield
-    for name, value in saved.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in settings)
+        ),
+        [part for name, before in zip(names, row, strict=False) for part in (name, str(before))],
+    )
 
 
 class Refresher:
@@ -382,7 +389,7 @@ class Refresher:
         apply_sql, compiled = self._statements.statement(st, changed)
         result.timings["compile_ms"] = _ms(t0)
         result.compiled_for = changed if compiled else None
-        with _planner_settings(self.conn, APPLY_PLANNER_SETTINGS):
+        with planner_settings(self.conn, APPLY_PLANNER_SETTINGS):
             cur = self.conn.execute(apply_sql.encode())
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             # (deleted, inserted), and for a TopK whether its guard held

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scheduler.refresh import PositionWaiter, RefreshAction, Refresher
+from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
 from tests.fixtures.cluster import Database
 from tests.fixtures.streams import declared_refresher, mismatched
 from walstream.buffers import load_sources, prune
@@ -139,3 +139,15 @@ def test_a_truncate_racing_a_refresh_waits_for_it_instead_of_emptying_its_snapsh
         racing.close()
     assert refresh(refresher) == RefreshAction.FULL
     assert mismatched(db.dsn) == {}
+
+
+def test_a_delta_statement_plans_with_its_settings_and_leaves_the_sessions_own(
+    db: Database,
+) -> None:
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("SET random_page_cost = 2")
+        conn.execute("SET enable_mergejoin = off")
+        shown = "SELECT current_setting('enable_mergejoin'), current_setting('random_page_cost')"
+        with planner_settings(conn, (("enable_mergejoin", "on"), ("random_page_cost", "1.1"))):
+            assert conn.execute(shown).fetchone() == ("on", "1.1")
+        assert conn.execute(shown).fetchone() == ("off", "2")
