@@ -776,6 +776,9 @@ def targets(report: Report) -> list[str]:
     lines = []
 
     def check(title: str, misses: list[str], checked: int) -> None:
+        if not checked:
+            lines.append(f"- {title}: not measured (no cell in this run)")
+            return
         verdict = "met" if not misses else f"NOT met ({len(misses)} of {checked})"
         lines.append(f"- {title}: {verdict}" + (f": {', '.join(misses)}" if misses else ""))
 
