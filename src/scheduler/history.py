@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,6 +102,21 @@ class Measured:
 
     def differential_ms(self, rows: int) -> float:
         return self.fixed_ms + self.per_row_ms * rows
+
+    def rows_beyond(self, ms: float) -> int | None:
+        """The fewest changed rows whose differential estimate exceeds ``ms``; None when no
+        number does (no cost per row measured).
+
+        >>> Measured(1000.0, 10.0, 0.5, 3).rows_beyond(1000.0)
+        1981
+        >>> Measured(1000.0, 10.0, 0.0, 3).rows_beyond(1000.0) is None
+        True
+        """
+        if self.fixed_ms > ms:
+            return 1
+        if self.per_row_ms <= 0:
+            return None
+        return math.floor((ms - self.fixed_ms) / self.per_row_ms) + 1
 
 
 def measured(conn: psycopg.Connection[Any], st_id: int) -> Measured:

@@ -180,27 +180,35 @@ def visible_window(snapshot: str, frontier: str) -> sql.Composable:
     ).format(s=s, f=f)
 
 
-def window_query(source: CapturedSource, window: sql.Composable) -> sql.Composed:
-    """One row: whether a TRUNCATE of the source is among the rows in ``window``, and about
-    as many rows as staging them gives (an update is two, its old and its new values;
-    netting and updates of columns nobody reads make them fewer)."""
+def window_query(
+    source: CapturedSource, window: sql.Composable, limit: int | None = None
+) -> sql.Composed:
+    """One row: whether a TRUNCATE of the source is among the rows in ``window``, about as
+    many rows as staging them gives (an update is two, its old and its new values; netting
+    and updates of columns nobody reads make them fewer), and the buffer rows counted.
+
+    With ``limit`` it stops after that many buffer rows: once a refresh is known to have
+    more changes than are worth applying, counting the rest of a large window is a scan for
+    nothing (and the TRUNCATE flag is then only about the rows counted)."""
+    rows = sql.SQL("SELECT b.action FROM {} b WHERE {}").format(source.buffer, window)
+    if limit is not None:
+        rows = sql.SQL("{} LIMIT {}").format(rows, sql.Literal(limit))
     return sql.SQL(
-        "SELECT coalesce(bool_or(b.action = {}), false),"
-        " count(*) + count(*) FILTER (WHERE b.action = {}) FROM {} b WHERE {}"
+        "SELECT coalesce(bool_or(r.action = {}), false),"
+        " count(*) + count(*) FILTER (WHERE r.action = {}), count(*) FROM ({}) r"
     ).format(
         sql.Literal(BufferAction.TRUNCATE.value),
         sql.Literal(BufferAction.UPDATE.value),
-        source.buffer,
-        window,
+        rows,
     )
 
 
 def staging_query(
     source: CapturedSource, window: sql.Composable, columns_read: Sequence[str] | None
 ) -> sql.Composed:
-    """Buffer rows in ``window`` as weighted rows ``(w, c0..cN)``, netted: one row per value
-    of the columns read (None: all) with the sum of its weights, none where that sum is 0.
-    Their order is that of ``create_staging_table``'s columns.
+    """Buffer rows in ``window`` as weighted rows ``(w, c..)`` of the columns read (None:
+    all), netted: one row per value of those columns with the sum of its weights, none where
+    that sum is 0. Their order is that of ``staged_columns``.
 
     Netting is what keeps a refresh from evaluating a row version that no snapshot of the
     query sees: ``UPDATE t SET d = 0`` then ``SET d = 1`` stages no row with ``d = 0``. An
@@ -212,7 +220,7 @@ def staging_query(
     names = value_columns(source)
     n = len(source.columns)
     old, new = names[:n], names[n:]
-    read = [i for i, c in enumerate(source.columns) if columns_read is None or c in columns_read]
+    read = _read_positions(source, columns_read)
     # compared as text: an update from 1.5 to 1.50 (equal numerics) changes what the stream
     # table shows, and json, xml and point have no equality operator at all
     changed = (
@@ -225,21 +233,20 @@ def staging_query(
         if read
         else sql.SQL("false")
     )
-    value_names = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
-
-    def value(column: str, i: int) -> sql.Composable:
-        # a column the query does not read is staged as NULL: it is copied for nothing
-        if i in read:
-            return sql.SQL("b.{}").format(sql.Identifier(column))
-        return sql.SQL("NULL::{}").format(sql.SQL(source.column_types[i]))
+    # a column the query does not read is not staged: copying it costs for nothing
+    value_names = sql.SQL(", ").join(
+        [sql.Identifier(WEIGHT)] + [sql.Identifier(f"c{i}") for i in read]
+    )
 
     def side(weight: int, values: list[str], action: BufferAction) -> sql.Composed:
         return sql.SQL(
-            "SELECT {weight}, {values} FROM {buffer} b WHERE {window}"
+            "SELECT {weight}{values} FROM {buffer} b WHERE {window}"
             " AND (b.action = {action} OR b.action = {update} AND ({changed}))"
         ).format(
             weight=sql.Literal(weight),
-            values=sql.SQL(", ").join(value(c, i) for i, c in enumerate(values)),
+            values=sql.SQL("").join(
+                sql.SQL(", b.{}").format(sql.Identifier(values[i])) for i in read
+            ),
             buffer=source.buffer,
             window=window,
             action=sql.Literal(action.value),
@@ -251,37 +258,52 @@ def staging_query(
         _identity(sql.SQL("v.{}").format(sql.Identifier(f"c{i}")), source.column_types[i])
         for i in read
     )
+    union = sql.SQL("({old} UNION ALL {new}) AS v({names})").format(
+        old=side(-1, old, BufferAction.DELETE),
+        new=side(1, new, BufferAction.INSERT),
+        names=value_names,
+    )
     if all(_groupable(source.column_types[i]) for i in read):
         # one row per identity by hashing: a third cheaper than sorting for the window
         # (6,000 lineitems: 32 -> 25 ms)
-        def grouped(i: int) -> sql.Composable:
-            if i not in read:
-                return sql.SQL("NULL::{}").format(sql.SQL(source.column_types[i]))
-            return _identity(
-                sql.SQL("v.{}").format(sql.Identifier(f"c{i}")), source.column_types[i], scale=False
-            )
-
         return sql.SQL(
-            "SELECT sum(v.w)::integer, {values} FROM ({old} UNION ALL {new}) AS v(w, {names})"
-            "{group} HAVING sum(v.w) <> 0"
+            "SELECT sum(v.{w})::integer{values} FROM {union}{group} HAVING sum(v.{w}) <> 0"
         ).format(
-            values=sql.SQL(", ").join(grouped(i) for i in range(n)),
-            old=side(-1, old, BufferAction.DELETE),
-            new=side(1, new, BufferAction.INSERT),
-            names=value_names,
+            w=sql.Identifier(WEIGHT),
+            values=sql.SQL("").join(
+                sql.SQL(", {}").format(
+                    _identity(
+                        sql.SQL("v.{}").format(sql.Identifier(f"c{i}")),
+                        source.column_types[i],
+                        scale=False,
+                    )
+                )
+                for i in read
+            ),
+            union=union,
             group=sql.SQL(" GROUP BY {}").format(identity) if read else sql.SQL(""),
         )
     return sql.SQL(
-        "SELECT n.__pgt_net::integer, {names} FROM (SELECT v.*, sum(v.w) OVER w AS __pgt_net,"
-        " row_number() OVER w AS __pgt_n FROM ({old} UNION ALL {new}) AS v(w, {names})"
+        "SELECT n.__pgt_net::integer{values} FROM (SELECT v.*, sum(v.{w}) OVER w AS __pgt_net,"
+        " row_number() OVER w AS __pgt_n FROM {union}"
         " WINDOW w AS (PARTITION BY {identity})) AS n"
         " WHERE n.__pgt_n = 1 AND n.__pgt_net <> 0"
     ).format(
-        names=value_names,
-        old=side(-1, old, BufferAction.DELETE),
-        new=side(1, new, BufferAction.INSERT),
+        w=sql.Identifier(WEIGHT),
+        values=sql.SQL("").join(sql.SQL(", n.{}").format(sql.Identifier(f"c{i}")) for i in read),
+        union=union,
         identity=identity if read else sql.SQL("0"),
     )
+
+
+def _read_positions(source: CapturedSource, columns_read: Sequence[str] | None) -> list[int]:
+    return [i for i, c in enumerate(source.columns) if columns_read is None or c in columns_read]
+
+
+def staged_columns(source: CapturedSource, columns_read: Sequence[str] | None) -> list[str]:
+    """The temp table's columns a staging query fills, in its order: the weight and the
+    columns read (None: all); the others stay NULL."""
+    return [WEIGHT] + [source.columns[i] for i in _read_positions(source, columns_read)]
 
 
 _FAITHFUL_TYPES = frozenset(
@@ -369,9 +391,24 @@ def create_staging_table(
         )
 
 
-def copy_into_staging(source: CapturedSource) -> sql.Composed:
-    return sql.SQL("COPY pg_temp.{} FROM STDIN (FORMAT binary)").format(
-        sql.Identifier(source.staging_table)
+def copy_into_staging(
+    source: CapturedSource, columns_read: Sequence[str] | None = None
+) -> sql.Composed:
+    """``COPY`` of a ``staging_query``'s rows into the source's temp table."""
+    return sql.SQL("COPY pg_temp.{} ({}) FROM STDIN (FORMAT binary)").format(
+        sql.Identifier(source.staging_table),
+        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
+    )
+
+
+def analyze_staging(
+    source: CapturedSource, columns_read: Sequence[str] | None = None
+) -> sql.Composed:
+    """``ANALYZE`` of the source's temp table: its row count, and the statistics of the
+    columns read (None: all)."""
+    return sql.SQL("ANALYZE pg_temp.{} ({})").format(
+        sql.Identifier(source.staging_table),
+        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
     )
 
 

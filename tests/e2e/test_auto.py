@@ -67,7 +67,22 @@ def test_many_changes_are_recomputed_when_that_is_measured_to_be_cheaper(
     result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
     assert result.action is RefreshAction.FULL
     reason = last_reason(db.dsn)
-    assert reason is not None and reason.startswith("auto: a differential refresh of about")
+    # 6 buffered rows already cost more than recomputing: the rest are not counted
+    assert reason is not None and reason.startswith("auto: a differential refresh of at least")
+    assert mismatched(db.dsn) == {}
+
+
+def test_a_count_below_the_cap_is_reported_as_it_is(refresher: Refresher, db: Database) -> None:
+    measured_history(db.dsn, full_ms=5.0, per_row_ms=1.0)
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE id IN (1, 2, 3)")
+    result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
+    assert result.action is RefreshAction.FULL
+    # three updates stage about six rows (old and new values): 6 ms against 5
+    assert last_reason(db.dsn) == (
+        "auto: a differential refresh of about 6 changed rows would take about 6 ms,"
+        " recomputing about 5 ms"
+    )
     assert mismatched(db.dsn) == {}
 
 
