@@ -1,7 +1,8 @@
 """compile_query: a defining SELECT and catalog facts in, a DeltaPlan out.
 
 The pipeline: parse (sqlglot, postgres) -> resolve names scope by scope into the operator
-tree (``dvm.resolve``) -> derive every node by its rule (``dvm.rules``) -> the stored
+tree (``dvm.resolve``) -> narrow grouped subqueries to the keys their joins can match
+(``dvm.transfer``) -> derive every node by its rule (``dvm.rules``) -> the stored
 relation's strategy: an aggregate kept with auxiliary values or rescanned per group (KEYED,
 ``dvm.aggregate``), a TopK (``dvm.topk``), anything else as a bag of rows (BAG). What cannot be
 differentiated gets a FULL-only plan that says which construct and why.
@@ -42,6 +43,7 @@ from dvm.resolve import NotDifferentiable, Resolved, check_output_names, resolve
 from dvm.rules import derive, relation, rows
 from dvm.rules.scan import delta_relation
 from dvm.support import check_renderable
+from dvm.transfer import transferred
 from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRelation, cte_item
 
 __all__ = ["compile_query", "delta_relation", "effective_mode", "normalize"]
@@ -68,6 +70,7 @@ def compile_query(
     except NotDifferentiable as error:
         return _full_only(normalized, query, statement, catalog, error.reasons, storage)
     check_output_names(resolved.tree.columns)
+    resolved = replace(resolved, tree=transferred(resolved.tree))
     plan = _differential(normalized, statement, resolved, storage, changed)
     read = CatalogFacts(
         tables={(t.schema, t.name): t for t in resolved.sources},

@@ -325,9 +325,12 @@ def cte_item(name: str, alias: str) -> exp.Expr:
 def nothing(columns: Sequence[str], state: exp.Query) -> exp.Select:
     """A delta CTE's query known to have no rows: ``(__pgt_w, columns)`` typed as ``state``'s
     columns, ``WHERE FALSE`` (PostgreSQL plans it as a Result it never runs)."""
+    # read by position: a relation's column names may repeat (two outputs named ?column?)
+    positions = [f"__pgt_e{i}" for i in range(1, len(columns) + 1)]
+    values = [sql.alias(sql.col("__pgt_e", p), c) for p, c in zip(positions, columns, strict=True)]
     return (
-        exp.select(sql.alias(sql.lit(0), WEIGHT), *[sql.col("__pgt_e", c) for c in columns])
-        .from_(aliased(state, "__pgt_e", columns))
+        exp.select(sql.alias(sql.lit(0), WEIGHT), *values)
+        .from_(aliased(state, "__pgt_e", positions))
         .where(exp.false(), copy=False)
     )
 
