@@ -401,6 +401,18 @@ def copy_into_staging(
     )
 
 
+def insert_into_staging(
+    source: CapturedSource, query: sql.Composable, columns_read: Sequence[str] | None = None
+) -> sql.Composed:
+    """``INSERT`` of a ``staging_query``'s rows into the source's temp table, by the session
+    that owns it."""
+    return sql.SQL("INSERT INTO pg_temp.{} ({}) {}").format(
+        sql.Identifier(source.staging_table),
+        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
+        query,
+    )
+
+
 def analyze_staging(
     source: CapturedSource, columns_read: Sequence[str] | None = None
 ) -> sql.Composed:

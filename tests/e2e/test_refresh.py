@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 
 import psycopg
 import pytest
@@ -11,8 +12,12 @@ from psycopg import sql
 
 from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
 from tests.fixtures.cluster import Database
-from tests.fixtures.streams import declared_refresher, mismatched
-from walstream.buffers import load_sources, prune
+from pgtrickle.declarations import parse_declarations
+from pgtrickle.dev.workload import create_schema
+from pgtrickle.reconcile import apply
+from tests.fixtures.streams import declared_refresher, mismatched, running_reader
+from walstream.buffers import CapturedSource, load_sources, prune
+from walstream.reader import ChangeReader
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
 from walstream.replication import parse_lsn
@@ -151,3 +156,70 @@ def test_a_delta_statement_plans_with_its_settings_and_leaves_the_sessions_own(
         with planner_settings(conn, (("enable_mergejoin", "on"), ("random_page_cost", "1.1"))):
             assert conn.execute(shown).fetchone() == ("on", "1.1")
         assert conn.execute(shown).fetchone() == ("off", "2")
+
+
+class CountsStaging(Refresher):
+    """Counts how the changes of each source reached the temp tables."""
+
+    def __init__(self, dsn: str, waiter: PositionWaiter) -> None:
+        super().__init__(dsn, waiter, check=True)
+        self.in_transaction = self.relayed = 0
+
+    def _stage_here(
+        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
+    ) -> int:
+        self.in_transaction += 1
+        return super()._stage_here(source, query, read)
+
+    def _relay(
+        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
+    ) -> int:
+        self.relayed += 1
+        return super()._relay(source, query, read)
+
+
+class StartsReaderLate:
+    """A change reader that starts when a refresh first waits for it: the changes committed
+    before then are buffered after that refresh's snapshot."""
+
+    def __init__(self, dsn: str, stack: ExitStack) -> None:
+        self.dsn = dsn
+        self.stack = stack
+        self.reader: ChangeReader | None = None
+
+    def wait_for(self, lsn: int, timeout: float) -> bool:
+        if self.reader is None:
+            self.reader = self.stack.enter_context(running_reader(self.dsn))
+        return self.reader.wait_for(lsn, timeout)
+
+
+def test_changes_buffered_after_the_snapshot_are_relayed_from_the_staging_session(
+    db: Database,
+) -> None:
+    create_schema(db.dsn, customers=10, orders=200, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+        conn.execute("DELETE FROM orders WHERE id BETWEEN 11 AND 20 AND status = 'paid'")
+    with ExitStack() as stack:
+        refresher = stack.enter_context(CountsStaging(db.dsn, StartsReaderLate(db.dsn, stack)))
+        assert refresh(refresher) == RefreshAction.DIFFERENTIAL
+        assert (refresher.relayed, refresher.in_transaction) == (1, 0)
+    assert mismatched(db.dsn) == {}
+
+
+def test_changes_buffered_before_the_snapshot_are_staged_by_the_refresh_itself(
+    db: Database,
+) -> None:
+    create_schema(db.dsn, customers=10, orders=200, events=10)
+    apply(db.dsn, parse_declarations(YAML))
+    with running_reader(db.dsn) as reader, CountsStaging(db.dsn, reader) as refresher:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
+            conn.execute("SELECT pg_logical_emit_message(true, 't', '')")
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            assert lsn is not None
+        assert reader.wait_for(parse_lsn(lsn[0]), 30)
+        assert refresh(refresher) == RefreshAction.DIFFERENTIAL
+        assert (refresher.relayed, refresher.in_transaction) == (0, 1)
+    assert mismatched(db.dsn) == {}
