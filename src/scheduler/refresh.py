@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import psycopg
 import structlog
@@ -187,7 +187,7 @@ class Refresher:
         self.conn.close()
         self.staging.close()
 
-    def __enter__(self) -> Refresher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -305,7 +305,10 @@ class Refresher:
         # be dearer whatever the rest
         cap = None if costs is None else _rows_beyond(costs)
         # the rows buffered so far are some of the window's: when they already reach the
-        # cap, recomputing need not wait for the reader to buffer the rest
+        # cap, recomputing need not wait for the reader to buffer the rest; and when the
+        # reader had buffered them all before they were counted, the count is the window's
+        target = settled_lsn(result.frontier_lsn, self.segment_size)
+        buffered = cap is not None and self.waiter.wait_for(target, 0)
         early = None if cap is None else self._window(st, sources, snapshot, frontier, cap)
         timings["count_ms"] = _ms(t0)
         t0 = time.perf_counter()
@@ -315,7 +318,7 @@ class Refresher:
         t0 = time.perf_counter()
         window = (
             early
-            if early is not None and early.capped
+            if early is not None and (early.capped or buffered)
             else self._window(st, sources, snapshot, frontier, cap)
         )
         truncated, expected = window.truncated, window.rows

@@ -10,16 +10,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
-from tests.fixtures.cluster import Database
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.workload import create_schema
 from pgtrickle.reconcile import apply
+from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
+from tests.fixtures.cluster import Database
 from tests.fixtures.streams import declared_refresher, mismatched, running_reader
 from walstream.buffers import CapturedSource, load_sources, prune
-from walstream.reader import ChangeReader
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
+from walstream.reader import ChangeReader
 from walstream.replication import parse_lsn
 
 YAML = """
