@@ -27,13 +27,14 @@ semicolon and odd white space are gone, so it can be embedded in other SQL as it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
 from sqlglot import exp
 
 from dvm import aggregate, consolidate, full, sql, topk
-from dvm.catalog import CatalogFacts
+from dvm.catalog import CatalogFacts, SourceTable
 from dvm.dialect import parse_statements, render
 from dvm.errors import InvalidQuery, UnsupportedQuery
 from dvm.operators import Aggregate, Relation, TopK
@@ -41,7 +42,7 @@ from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from dvm.reason import Reason, summary
 from dvm.resolve import NotDifferentiable, Resolved, check_output_names, resolve
 from dvm.rules import derive, relation, rows
-from dvm.rules.scan import delta_relation
+from dvm.rules.scan import KEY_LOOKUP, delta_relation
 from dvm.support import check_renderable
 from dvm.transfer import transferred
 from dvm.zset import ROW_ID, WEIGHT, Context, DerivedRelation, cte_item
@@ -147,7 +148,7 @@ def _differential(
     root = resolved.tree
     names = root.columns
     context = Context(changed=changed)
-    guard: str | None = None
+    guarding: exp.Query | None = None
     hidden: tuple[str, ...] = (ROW_ID,)
     if isinstance(root, Aggregate):
         input = rows(derive(root.input, context))
@@ -159,7 +160,7 @@ def _differential(
         storage_query = full.storage_query(statement, names)
         delta_query = topk.delta_query(root, _derived(root.input, context), context, storage)
         checking = Context(changed=changed)
-        guard = render(topk.guard_query(root, _derived(root.input, checking), checking, storage))
+        guarding = topk.guard_query(root, _derived(root.input, checking), checking, storage)
         strategy = ApplyStrategy.BAG
     else:
         unordered = statement.copy()
@@ -172,6 +173,8 @@ def _differential(
         ).from_(cte_item(changes, "d"))
         delta_query = context.statement(consolidate.bag(identified, names))
         strategy = ApplyStrategy.BAG
+    queries = [delta_query] if guarding is None else [delta_query, guarding]
+    indexed = _name_staged_tables(queries, resolved.sources)
     return DeltaPlan(
         query=normalized,
         sources=resolved.sources,
@@ -185,8 +188,32 @@ def _differential(
         reasons=resolved.notes,
         storage=storage,
         tree=root,
-        guard_query=guard,
+        guard_query=None if guarding is None else render(guarding),
+        indexed_deltas=indexed,
     )
+
+
+def _name_staged_tables(
+    queries: Sequence[exp.Expr], sources: Sequence[SourceTable]
+) -> frozenset[int]:
+    """The sources whose staged delta ``queries`` look up by key, which they read from the
+    indexed temp table; the others' they read from the plain one (renamed in place)."""
+    looked_up = frozenset(
+        int(test.meta[KEY_LOOKUP])
+        for query in queries
+        for test in query.find_all(exp.Exists)
+        if KEY_LOOKUP in test.meta
+    )
+    plain = {
+        delta_relation(s): delta_relation(s, indexed=False)
+        for s in sources
+        if s.oid not in looked_up
+    }
+    for query in queries:
+        for table in query.find_all(exp.Table):
+            if table.db == "pg_temp" and table.name in plain:
+                table.set("this", sql.ident(plain[table.name]))
+    return looked_up
 
 
 def _derived(node: Relation, context: Context) -> DerivedRelation:

@@ -81,6 +81,9 @@ class DeltaPlan:
     catalog: CatalogFacts | None = field(default=None, compare=False)
     """The catalog facts the plan was compiled from, only the relations the query reads:
     enough to compile it again, for one refresh (see ``compile_query``'s ``changed``)."""
+    indexed_deltas: frozenset[int] = frozenset()
+    """The sources (oids) whose staged delta the delta looks up by key: it reads them from
+    the indexed temp tables, the others' from the plain ones (``delta_relation``)."""
 
     @property
     def aux_columns(self) -> tuple[str, ...]:

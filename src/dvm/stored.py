@@ -30,9 +30,10 @@ from dvm.errors import PgTrickleError
 from dvm.plan import ApplyStrategy, DeltaPlan
 from dvm.reason import Reason
 
-VERSION = 3
+VERSION = 4
 """The version this code writes. 0 is the untagged document of the first releases; 2 adds
-the guard; 3 the catalog facts the plan was compiled from."""
+the guard; 3 the catalog facts the plan was compiled from; 4 which staged deltas the apply
+statement reads from the indexed temp tables."""
 
 
 class UnreadablePlan(PgTrickleError, code="PGT211"):
@@ -66,6 +67,10 @@ class StoredPlan:
     catalog: CatalogFacts | None = None
     """The facts of the relations the query reads, as compiled: what ``refresh_apply_sql``
     compiles the delta again from (plans of versions before 3 have none)."""
+    indexed_deltas: tuple[int, ...] | None = None
+    """The sources whose staged delta ``apply_sql`` reads from the indexed temp table, the
+    others' from the plain one (``dvm.rules.scan.delta_relation``); None in plans of versions
+    before 4, which read every one from the indexed table."""
 
     @property
     def source_oids(self) -> tuple[int, ...]:
@@ -89,6 +94,9 @@ class StoredPlan:
                 "guard_query": self.guard_query,
                 "aggregates": [list(item) for item in self.aggregates],
                 "catalog": facts_to_json(self.catalog) if self.catalog is not None else None,
+                "indexed_deltas": (
+                    list(self.indexed_deltas) if self.indexed_deltas is not None else None
+                ),
             },
             # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
             sort_keys=True,
@@ -98,7 +106,7 @@ class StoredPlan:
     def from_json(cls, document: str | Mapping[str, Any]) -> StoredPlan:
         data: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
         version = data.get("version", 0)
-        if version not in (0, 1, 2, VERSION):
+        if version not in (0, 1, 2, 3, VERSION):
             raise UnreadablePlan(
                 f"the stored plan has version {version}; this pgtrickle reads up to {VERSION}",
                 detail="the stream table was created by a newer version of pgtrickle",
@@ -131,6 +139,11 @@ class StoredPlan:
                 ),
                 catalog=(
                     facts_from_json(data["catalog"]) if data.get("catalog") is not None else None
+                ),
+                indexed_deltas=(
+                    tuple(int(oid) for oid in data["indexed_deltas"])
+                    if data.get("indexed_deltas") is not None
+                    else None
                 ),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -167,17 +180,19 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         guard_query=None,
         aggregates=tuple((call, kind.value, why) for call, kind, why in plan.aggregate_classes()),
         catalog=plan.catalog if plan.differentiable else None,
+        indexed_deltas=tuple(sorted(plan.indexed_deltas)),
     )
 
 
 def refresh_apply_sql(
     plan: StoredPlan, query: str, storage: tuple[str, str], changed: frozenset[int]
-) -> str | None:
+) -> tuple[str, frozenset[int]] | None:
     """The apply statement for one refresh in which only the sources ``changed`` (oids)
     staged rows: the delta of ``query`` (as declared: the normalized text may name its
-    outputs otherwise) compiled again for them (``compile_query``'s ``changed``). None
-    when the plan cannot be compiled again as it was (no facts stored, or this compiler makes
-    another storage of them): then the stored ``apply_sql`` serves."""
+    outputs otherwise) compiled again for them (``compile_query``'s ``changed``), and the
+    sources whose staged delta it reads from the indexed temp table. None when the plan
+    cannot be compiled again as it was (no facts stored, or this compiler makes another
+    storage of them): then the stored ``apply_sql`` serves."""
     if plan.catalog is None or plan.apply_sql is None or plan.guard_query is not None:
         return None
     try:
@@ -191,4 +206,4 @@ def refresh_apply_sql(
         and again.hidden_columns == plan.hidden_columns
         and again.apply_strategy is plan.apply_strategy
     )
-    return again.apply_sql() if same else None
+    return (again.apply_sql(), again.indexed_deltas) if same else None

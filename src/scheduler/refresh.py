@@ -36,9 +36,10 @@ from scheduler.errors import ReaderBehind, RefreshMismatch, UpstreamSchemaChange
 from scheduler.history import Measured, RefreshAction, RefreshResult, measured, record_refresh
 from scheduler.populate import lock_before_snapshot, query_failed, recompute
 from scheduler.sessions import pin_storage_settings
-from scheduler.variants import ApplyStatements
+from scheduler.variants import ApplyStatement, ApplyStatements
 from walstream.buffers import (
     CapturedSource,
+    Staging,
     analyze_staging,
     copy_into_staging,
     create_staging_table,
@@ -175,12 +176,14 @@ class Refresher:
         # 1 % change at SF 1 sort on disk
         self.staging.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(STAGING_WORK_MEM)))
         self.segment_size = wal_segment_size(self.conn)
-        # the columns of each source's temp table: a source captured again may have others
-        self._temp_tables: dict[int, tuple[str, ...]] = {}
+        # the columns of each source's temp tables (indexed or not): a source captured
+        # again may have others; and those this refresh's transaction created
+        self._temp_tables: dict[tuple[int, bool], tuple[str, ...]] = {}
+        self._created_here: list[tuple[int, bool]] = []
         # rows in each temp table (and columns read) when it was last analyzed, committed;
         # and what this refresh's transaction analyzed, which its rollback undoes
-        self._analyzed: dict[tuple[int, tuple[str, ...] | None], int] = {}
-        self._analyzed_here: dict[tuple[int, tuple[str, ...] | None], int] = {}
+        self._analyzed: dict[tuple[int, bool, tuple[str, ...] | None], int] = {}
+        self._analyzed_here: dict[tuple[int, bool, tuple[str, ...] | None], int] = {}
         self._statements = ApplyStatements(strict=self.check)
 
     def close(self) -> None:
@@ -216,10 +219,7 @@ class Refresher:
     def _refresh(self, st: StreamTable, full: bool) -> RefreshResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        created_here: list[int] = []
         sources = load_sources(self.conn)
-        if st.effective_refresh_mode is RefreshMode.DIFFERENTIAL and not full:
-            self._ensure_temp_tables(st, sources)
         lock = refresh_lock(st.id)
         lock.lock(self.conn)
         try:
@@ -257,8 +257,6 @@ class Refresher:
                 result = RefreshResult(RefreshAction.FULL, lsn, st, timings=timings)
                 differential = st.effective_refresh_mode is RefreshMode.DIFFERENTIAL and not full
                 if differential and frontier is not None:
-                    # created in this transaction only if the reload made it differential
-                    created_here = self._ensure_temp_tables(st, sources)
                     self._differential(st, sources, snapshot, frontier, result)
                 else:
                     t0 = time.perf_counter()
@@ -279,12 +277,13 @@ class Refresher:
             return result
         except BaseException:
             # temp tables created in a transaction that rolled back are gone again
-            for oid in created_here:
-                self._temp_tables.pop(oid, None)
-                self._forget_statistics(oid)
+            for key in self._created_here:
+                self._temp_tables.pop(key, None)
+                self._forget_statistics(key[0])
             raise
         finally:
             self._analyzed_here.clear()
+            self._created_here.clear()
             self.conn.isolation_level = None
             if not self.conn.closed and not self.conn.broken:
                 lock.unlock(self.conn)
@@ -339,8 +338,19 @@ class Refresher:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
             timings["apply_ms"] = _ms(t0)
             return
-        staged, changed = self._stage(st, sources, window, snapshot, frontier, timings)
-        timings["stage_ms"] = _ms(t0)
+        # compiled for the sources with changes before they are staged: the statement says
+        # which temp tables it reads them from
+        started = time.perf_counter()
+        statement = self._statements.statement(st, frozenset(window.pending))
+        timings["compile_ms"] = _ms(started)
+        result.compiled_for = frozenset(window.pending) if statement.specialized else None
+        self._ensure_temp_tables(st, sources, statement)
+        staged = self._stage(st, sources, window, statement, snapshot, frontier, timings)
+        # without compiling the delta for the sources that changed: once per session and
+        # set of sources, so not a cost of the refresh (auto weighs stage_ms and apply_ms
+        # per changed row, and a first refresh that compiled for 300 ms made it recompute
+        # from then on)
+        timings["stage_ms"] = _ms(t0) - timings["compile_ms"]
         t0 = time.perf_counter()
         if staged and not self._guard_holds(st):
             result.reason = _TOPK_MISSED
@@ -351,7 +361,7 @@ class Refresher:
             result.rows_changed = recompute(self.conn, st.qualified_name, st.plan, what=_what(st))
         elif staged:
             result.delta_rows = staged
-            applied = self._apply_delta(st, changed, result)
+            applied = self._apply_delta(st, statement)
             if applied is None:
                 result.reason = _TOPK_MISSED
                 log.warning(
@@ -367,10 +377,7 @@ class Refresher:
                 result.rows_changed = applied
         else:
             result.action = RefreshAction.NO_DATA
-        # without compiling the delta for the sources that changed: once per session and
-        # set of sources, so not a cost of applying (auto weighs apply_ms per changed row,
-        # and a first refresh that compiled for 300 ms made it recompute from then on)
-        timings["apply_ms"] = _ms(t0) - timings.get("compile_ms", 0.0)
+        timings["apply_ms"] = _ms(t0)
 
     def _window(
         self,
@@ -421,17 +428,10 @@ class Refresher:
         row = self.conn.execute(st.plan.guard_query.encode()).fetchone()
         return bool(row and row[0])
 
-    def _apply_delta(
-        self, st: StreamTable, changed: frozenset[int], result: RefreshResult
-    ) -> int | None:
-        """Rows changed; None when the statement's own guard failed and it changed nothing.
-        ``changed``: the sources that staged rows (the statement is compiled for them)."""
-        t0 = time.perf_counter()
-        apply_sql, compiled = self._statements.statement(st, changed)
-        result.timings["compile_ms"] = _ms(t0)
-        result.compiled_for = changed if compiled else None
+    def _apply_delta(self, st: StreamTable, statement: ApplyStatement) -> int | None:
+        """Rows changed; None when the statement's own guard failed and it changed nothing."""
         with planner_settings(self.conn, APPLY_PLANNER_SETTINGS):
-            cur = self.conn.execute(apply_sql.encode())
+            cur = self.conn.execute(statement.sql.encode())
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             # (deleted, inserted), and for a TopK whether its guard held
             row = cur.fetchone()
@@ -458,33 +458,38 @@ class Refresher:
             hint="is `pgtrickle run` running, and can it connect to the database?",
         )
 
-    def _ensure_temp_tables(self, st: StreamTable, sources: dict[int, CapturedSource]) -> list[int]:
-        """The temp tables ``st`` stages into, in the layout of its sources; those created."""
-        created = []
+    def _ensure_temp_tables(
+        self, st: StreamTable, sources: dict[int, CapturedSource], statement: ApplyStatement
+    ) -> None:
+        """The temp tables ``statement`` reads the staged deltas of ``st``'s sources from, in
+        the layout of those sources (created once per session, unless a rollback undoes it)."""
         for oid in st.source_oids:
             source = sources.get(oid)
-            if source is not None and self._temp_tables.get(oid) != source.columns:
-                create_staging_table(self.conn, source, replace=True, key=_key(st, oid))
-                self._temp_tables[oid] = source.columns
-                self._forget_statistics(oid)
-                created.append(oid)
-        return created
+            indexed = statement.reads_indexed(oid)
+            if source is None or self._temp_tables.get((oid, indexed)) == source.columns:
+                continue
+            key = _key(st, oid) if indexed else ()
+            create_staging_table(self.conn, source, replace=True, key=key, indexed=indexed)
+            self._temp_tables[(oid, indexed)] = source.columns
+            self._created_here.append((oid, indexed))
+            self._forget_statistics(oid)
 
     def _stage(
         self,
         st: StreamTable,
         sources: dict[int, CapturedSource],
         window: Window,
+        statement: ApplyStatement,
         snapshot: str,
         frontier: str,
         timings: dict[str, float],
-    ) -> tuple[int, frozenset[int]]:
-        """Copy this refresh's changes (no TRUNCATE among them) into the temp tables; (rows,
-        the sources with rows). ``window``: what the staging session counted (the sources
-        without changes there stage nothing, and their temp tables are empty since the last
-        commit). ``timings`` gets the parts: ``stage_copy_ms`` and ``stage_analyze_ms``."""
+    ) -> int:
+        """Copy this refresh's changes (no TRUNCATE among them) into the temp tables that
+        ``statement`` reads; the rows staged. ``window``: what the staging session counted
+        (the sources without changes there stage nothing, and their temp tables are empty
+        since the last commit). ``timings`` gets the parts: ``stage_copy_ms`` and
+        ``stage_analyze_ms``."""
         total = 0
-        changed: set[int] = set()
         timings["stage_copy_ms"] = timings["stage_analyze_ms"] = 0.0
         where = self.staging_window(snapshot, frontier)
         # ANALYZE samples 300 rows per unit of the target: at 10, 3,000 rows tell a delta's
@@ -495,21 +500,19 @@ class Refresher:
             source = sources.get(oid)
             if source is None or oid not in window.pending:
                 continue
-            read = st.plan.columns_read.get(oid)
-            query = staging_query(source, where, read)
+            table = Staging(source, statement.reads_indexed(oid), st.plan.columns_read.get(oid))
+            query = staging_query(source, where, table.read)
             t0 = time.perf_counter()
             if self._sees_all(source, where, window.buffered[oid]):
-                copied = self._stage_here(source, query, read)
+                copied = self._stage_here(table, query)
             else:
-                copied = self._relay(source, query, read)
+                copied = self._relay(table, query)
             total += copied
             timings["stage_copy_ms"] += _ms(t0)
-            if copied:
-                changed.add(oid)
             t0 = time.perf_counter()
-            self._analyze(source, read, copied)
+            self._analyze(table, copied)
             timings["stage_analyze_ms"] += _ms(t0)
-        return total, frozenset(changed)
+        return total
 
     def _sees_all(self, source: CapturedSource, where: sql.Composable, buffered: int) -> bool:
         """Whether the refresh transaction sees all ``buffered`` rows of the source's window
@@ -518,18 +521,14 @@ class Refresher:
         row = self.conn.execute(window_query(source, where)).fetchone()
         return row is not None and int(row[2]) == buffered
 
-    def _stage_here(
-        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
-    ) -> int:
+    def _stage_here(self, table: Staging, query: sql.Composable) -> int:
         """Stage by one statement of the refresh transaction (6,000 lineitems: 37 -> 23 ms,
         the relay's rows crossing the client twice)."""
         with planner_settings(self.conn, (("work_mem", STAGING_WORK_MEM),)):
-            cur = self.conn.execute(insert_into_staging(source, query, read))
+            cur = self.conn.execute(insert_into_staging(table, query))
         return max(cur.rowcount, 0)
 
-    def _relay(
-        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
-    ) -> int:
+    def _relay(self, table: Staging, query: sql.Composable) -> int:
         """Stage from the staging session, which sees changes the reader committed after S."""
         with (
             self.staging.cursor().copy(
@@ -537,7 +536,7 @@ class Refresher:
             ) as out,
             self.conn.cursor() as cur,
         ):
-            with cur.copy(copy_into_staging(source, read)) as into:
+            with cur.copy(copy_into_staging(table)) as into:
                 # COPY TO hands out a row per block and each write is a round of the
                 # socket: sending ~64 KB at a time (6,000 lineitems: 73 -> 60 ms)
                 chunk = bytearray()
@@ -550,7 +549,7 @@ class Refresher:
                     into.write(chunk)
             return max(cur.rowcount, 0)
 
-    def _analyze(self, source: CapturedSource, read: Sequence[str] | None, rows: int) -> None:
+    def _analyze(self, table: Staging, rows: int) -> None:
         """Statistics of the staged columns, when those the session has are of a delta of
         another size.
 
@@ -559,11 +558,11 @@ class Refresher:
         values as fractions, and the statistics outlive the rows deleted at commit: a delta
         about as large as the one analyzed is planned as well without (a lineitem delta's
         9 columns: 9 ms a refresh)."""
-        key = (source.oid, None if read is None else tuple(read))
+        key = (table.source.oid, table.indexed, table.read)
         last = self._analyzed_here.get(key, self._analyzed.get(key))
         if last is not None and last // 2 <= rows <= 2 * last:
             return
-        self.conn.execute(analyze_staging(source, read))
+        self.conn.execute(analyze_staging(table))
         self._analyzed_here[key] = rows
 
     def _forget_statistics(self, oid: int) -> None:

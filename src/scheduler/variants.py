@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import structlog
 
 from dvm.stored import refresh_apply_sql
 from walstream.catalog import StreamTable
 
-__all__ = ["ApplyStatements"]
+__all__ = ["ApplyStatement", "ApplyStatements"]
 
 log = structlog.get_logger("pgtrickle.refresh")
+
+
+@dataclass(frozen=True)
+class ApplyStatement:
+    sql: str
+    specialized: bool
+    """Compiled for the sources that changed; else the stored statement."""
+    indexed: frozenset[int] | None
+    """The sources whose staged delta it reads from the indexed temp table (None: all)."""
+
+    def reads_indexed(self, oid: int) -> bool:
+        return self.indexed is None or oid in self.indexed
 
 
 class ApplyStatements:
@@ -30,13 +43,13 @@ class ApplyStatements:
         """``strict``: a failure to compile is raised, not logged (check mode: tests)."""
         self.size = size
         self.strict = strict
-        self._statements: OrderedDict[tuple[int, int, frozenset[int]], tuple[str, bool]] = (
+        self._statements: OrderedDict[tuple[int, int, frozenset[int]], ApplyStatement] = (
             OrderedDict()
         )
 
-    def statement(self, st: StreamTable, changed: frozenset[int]) -> tuple[str, bool]:
-        """The statement applying a refresh in which only ``changed`` (oids) staged rows, and
-        whether it was compiled for them (else it is the stored one: the plan cannot be)."""
+    def statement(self, st: StreamTable, changed: frozenset[int]) -> ApplyStatement:
+        """The statement applying a refresh in which only ``changed`` (oids) have changes
+        (or the stored one, when the plan cannot be compiled for them)."""
         stored = st.plan.apply_sql
         assert stored is not None, "a differential plan has an apply statement"
         key = (st.id, st.revision, changed)
@@ -65,7 +78,16 @@ class ApplyStatements:
             ms=round((time.perf_counter() - started) * 1000, 1),
             specialized=compiled is not None,
         )
-        statement = (compiled, True) if compiled is not None else (stored, False)
+        plan = st.plan
+        statement = (
+            ApplyStatement(compiled[0], True, compiled[1])
+            if compiled is not None
+            else ApplyStatement(
+                stored,
+                False,
+                None if plan.indexed_deltas is None else frozenset(plan.indexed_deltas),
+            )
+        )
         self._statements[key] = statement
         if len(self._statements) > self.size:
             self._statements.popitem(last=False)

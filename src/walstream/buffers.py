@@ -79,10 +79,31 @@ class CapturedSource:
     def display_name(self) -> str:
         return f"{self.schema}.{self.name}"
 
+    def staging_table(self, *, indexed: bool) -> str:
+        """The session temp table a refresh stages this source's delta into: the one indexed
+        by the source's key, or the plain one (``dvm.rules.scan.delta_relation``)."""
+        return delta_relation(SourceTable(self.oid, self.schema, self.name, ()), indexed=indexed)
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where one refresh stages a source's delta: which of its temp tables, and the columns
+    read (None: all)."""
+
+    source: CapturedSource
+    indexed: bool
+    read: tuple[str, ...] | None
+
     @property
-    def staging_table(self) -> str:
-        """The session temp table a refresh stages this source's delta into."""
-        return delta_relation(SourceTable(self.oid, self.schema, self.name, ()))
+    def name(self) -> sql.Composed:
+        return sql.SQL("pg_temp.{}").format(
+            sql.Identifier(self.source.staging_table(indexed=self.indexed))
+        )
+
+    @property
+    def columns(self) -> sql.Composable:
+        """The temp table's columns a staging query fills, in its order."""
+        return sql.SQL(", ").join(map(sql.Identifier, staged_columns(self.source, self.read)))
 
 
 def buffer_table_name(oid: int) -> str:
@@ -359,69 +380,52 @@ def create_staging_table(
     *,
     replace: bool = False,
     key: Sequence[str] = (),
+    indexed: bool = True,
 ) -> None:
     """The session's temp table for the source's staged delta, emptied at every commit.
 
     Created once per session and reused: creating it per refresh doubles the refresh's cost
     and bloats the catalog. ``replace`` drops one the session may have of another layout first
-    (the source was captured again with other columns). ``key``: the source's primary key,
-    which the table is indexed by when it holds those columns (a source's state before the
-    refresh is looked up by key in it, once per row of a join).
+    (the source was captured again with other columns). ``indexed``: the table a delta that
+    looks the source's state before the refresh up by key in it reads (once per row of a
+    join), indexed by ``key``, the source's primary key, when the table holds those columns.
     """
+    name = sql.Identifier(source.staging_table(indexed=indexed))
     if replace:
-        conn.execute(
-            sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(source.staging_table))
-        )
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(name))
     columns = [sql.SQL("{} integer").format(sql.Identifier(WEIGHT))] + [
         sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
         for c, t in zip(source.columns, source.column_types, strict=True)
     ]
     conn.execute(
         sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-            sql.Identifier(source.staging_table), sql.SQL(", ").join(columns)
+            name, sql.SQL(", ").join(columns)
         )
     )
-    if key and set(key) <= set(source.columns):
+    if indexed and key and set(key) <= set(source.columns):
         conn.execute(
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON pg_temp.{} ({})").format(
-                sql.Identifier(f"{source.staging_table}_key"),
-                sql.Identifier(source.staging_table),
+                sql.Identifier(f"{source.staging_table(indexed=True)}_key"),
+                name,
                 sql.SQL(", ").join(sql.Identifier(k) for k in key),
             )
         )
 
 
-def copy_into_staging(
-    source: CapturedSource, columns_read: Sequence[str] | None = None
-) -> sql.Composed:
-    """``COPY`` of a ``staging_query``'s rows into the source's temp table."""
-    return sql.SQL("COPY pg_temp.{} ({}) FROM STDIN (FORMAT binary)").format(
-        sql.Identifier(source.staging_table),
-        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
-    )
+def copy_into_staging(table: Staging) -> sql.Composed:
+    """``COPY`` of a ``staging_query``'s rows into the temp table."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table.name, table.columns)
 
 
-def insert_into_staging(
-    source: CapturedSource, query: sql.Composable, columns_read: Sequence[str] | None = None
-) -> sql.Composed:
-    """``INSERT`` of a ``staging_query``'s rows into the source's temp table, by the session
-    that owns it."""
-    return sql.SQL("INSERT INTO pg_temp.{} ({}) {}").format(
-        sql.Identifier(source.staging_table),
-        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
-        query,
-    )
+def insert_into_staging(table: Staging, query: sql.Composable) -> sql.Composed:
+    """``INSERT`` of a ``staging_query``'s rows into the temp table, by the session that
+    owns it."""
+    return sql.SQL("INSERT INTO {} ({}) {}").format(table.name, table.columns, query)
 
 
-def analyze_staging(
-    source: CapturedSource, columns_read: Sequence[str] | None = None
-) -> sql.Composed:
-    """``ANALYZE`` of the source's temp table: its row count, and the statistics of the
-    columns read (None: all)."""
-    return sql.SQL("ANALYZE pg_temp.{} ({})").format(
-        sql.Identifier(source.staging_table),
-        sql.SQL(", ").join(map(sql.Identifier, staged_columns(source, columns_read))),
-    )
+def analyze_staging(table: Staging) -> sql.Composed:
+    """``ANALYZE`` of the temp table: its row count, and the statistics of the columns read."""
+    return sql.SQL("ANALYZE {} ({})").format(table.name, table.columns)
 
 
 def behind_query(source: CapturedSource, lsn: str, frontier: str) -> sql.Composed:

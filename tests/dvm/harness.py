@@ -290,7 +290,8 @@ class Maintained:
         staged = 0
         changed: set[int] = set()
         for source in self.plan.sources:
-            delta = sql.Identifier("pg_temp", delta_relation(source))
+            name = delta_relation(source)
+            delta = sql.Identifier("pg_temp", name)
             columns = sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
                 for c in source.columns
@@ -300,7 +301,7 @@ class Maintained:
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(delta))
             self.conn.execute(
                 sql.SQL("CREATE TEMP TABLE {} (__pgt_w integer, {})").format(
-                    sql.Identifier(delta_relation(source)), columns
+                    sql.Identifier(name), columns
                 )
             )
             # Differences compared as text, so that types without equality (json) work too.
@@ -331,6 +332,17 @@ class Maintained:
             if count:
                 changed.add(source.oid)
             self.conn.execute(sql.SQL("ANALYZE {}").format(delta))
+            # the same rows in the plain table: a statement reads each source's delta from
+            # one of the two (``DeltaPlan.indexed_deltas``), which the one compiled for the
+            # changed sources may choose otherwise
+            plain = sql.Identifier("pg_temp", delta_relation(source, indexed=False))
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(plain))
+            self.conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} AS TABLE {}").format(
+                    sql.Identifier(delta_relation(source, indexed=False)), delta
+                )
+            )
+            self.conn.execute(sql.SQL("ANALYZE {}").format(plain))
         self.changed = frozenset(changed)
         return staged
 

@@ -358,9 +358,27 @@ def test_columns_read_of_a_keyless_source_are_only_those_named() -> None:
     assert dict(plan("SELECT kind FROM events").columns_read) == {102: ("kind",)}
 
 
-def test_delta_relations_are_named_by_oid() -> None:
+def test_delta_relations_are_named_by_oid_and_whether_they_are_indexed() -> None:
     assert delta_relation(ORDERS) == "__pgt_delta_100"
-    assert '"pg_temp"."__pgt_delta_100"' in (plan("SELECT id FROM orders").delta_query or "")
+    assert delta_relation(ORDERS, indexed=False) == "__pgt_delta_100_p"
+
+
+def test_a_delta_reads_the_indexed_table_of_a_source_only_where_it_looks_rows_up_by_key() -> None:
+    alone = plan("SELECT id FROM orders")
+    assert alone.indexed_deltas == frozenset()
+    assert '"pg_temp"."__pgt_delta_100_p"' in (alone.delta_query or "")
+    assert '"pg_temp"."__pgt_delta_100"' not in (alone.delta_query or "")
+    # a join's terms read a source before the refresh as its table and its negated delta
+    joined = plan("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.cid")
+    assert joined.indexed_deltas == frozenset()
+    # an existence test reads the customers before the refresh by key, once per order
+    tested = plan(
+        "SELECT o.id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = o.cid)"
+    )
+    assert tested.indexed_deltas == frozenset({CUSTOMERS.oid})
+    assert '"pg_temp"."__pgt_delta_101"' in (tested.delta_query or "")
+    assert '"pg_temp"."__pgt_delta_101_p"' not in (tested.delta_query or "")
+    assert '"pg_temp"."__pgt_delta_100_p"' in (tested.delta_query or "")
 
 
 def test_user_identifiers_are_always_quoted_in_generated_sql() -> None:

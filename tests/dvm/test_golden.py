@@ -85,11 +85,15 @@ class _OnServer:
         )
         self.oids = {s.oid: t.oid for s, t in zip(sources, self.tables, strict=True)}
         self.names = {
-            delta_relation(s): delta_relation(t) for s, t in zip(sources, self.tables, strict=True)
+            delta_relation(s, indexed=indexed): delta_relation(t, indexed=indexed)
+            for s, t in zip(sources, self.tables, strict=True)
+            for indexed in (True, False)
         }
 
     def sql(self, text: str) -> str:
-        return re.sub(r'"(__pgt_delta_\d+)"', lambda m: f'"{self.names.get(m[1], m[1])}"', text)
+        return re.sub(
+            r'"(__pgt_delta_\d+(?:_p)?)"', lambda m: f'"{self.names.get(m[1], m[1])}"', text
+        )
 
     def plan(self, plan: DeltaPlan) -> DeltaPlan:
         """``plan`` as compiled over the server's tables (but for ``tree``, kept as it was)."""
@@ -101,6 +105,7 @@ class _OnServer:
             ),
             delta_query=None if plan.delta_query is None else self.sql(plan.delta_query),
             guard_query=None if plan.guard_query is None else self.sql(plan.guard_query),
+            indexed_deltas=frozenset(self.oids[oid] for oid in plan.indexed_deltas),
             catalog=None
             if plan.catalog is None
             else dataclasses.replace(
@@ -133,11 +138,12 @@ def test_golden_plans_sql_runs_on_the_server(any_db: Database) -> None:
                 sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
                 for c in table.columns
             )
-            conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} (__pgt_w integer, {})").format(
-                    sql.Identifier(delta_relation(table)), columns
+            for indexed in (True, False):
+                conn.execute(
+                    sql.SQL("CREATE TEMP TABLE {} (__pgt_w integer, {})").format(
+                        sql.Identifier(delta_relation(table, indexed=indexed)), columns
+                    )
                 )
-            )
         conn.commit()
         storage = sql.Identifier(*STORAGE)
         for case in CASES:

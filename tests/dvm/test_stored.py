@@ -81,15 +81,23 @@ def test_a_refresh_in_which_one_source_changed_reads_the_other_as_its_table() ->
     assert joined.apply_sql is not None
     customers_before = 'SELECT "c"."id", 1 AS "__pgt_w" FROM "public"."customers" AS "c" UNION ALL'
     assert customers_before in joined.apply_sql
-    only_orders = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid}))
-    assert only_orders is not None and customers_before not in only_orders
-    assert '"pg_temp"."__pgt_delta_16390"' not in only_orders  # nor the empty delta
+    compiled = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid}))
+    assert compiled is not None
+    only_orders, indexed = compiled
+    assert customers_before not in only_orders
+    assert '"pg_temp"."__pgt_delta_16390' not in only_orders  # nor the empty delta
+    # nothing looks the orders' delta up by key: it is read from the plain temp table
+    assert indexed == frozenset()
+    assert '"pg_temp"."__pgt_delta_16384_p"' in only_orders
 
 
 def test_a_refresh_of_two_changed_sources_subtracts_the_product_of_their_deltas() -> None:
     joined = plan(JOIN)
-    both = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid, CUSTOMERS.oid}))
-    assert both is not None
+    compiled = refresh_apply_sql(
+        joined, JOIN, ("public", "st"), frozenset({ORDERS.oid, CUSTOMERS.oid})
+    )
+    assert compiled is not None
+    both, _ = compiled
     assert '-("o"."__pgt_w" * "c"."__pgt_w")' in both
     assert "UNION ALL" in both and "NOT EXISTS" not in both  # no state before the refresh
 
@@ -102,3 +110,17 @@ def test_a_plan_without_facts_or_compiled_otherwise_keeps_its_stored_statement()
     assert refresh_apply_sql(older, JOIN, ("public", "st"), frozenset({ORDERS.oid})) is None
     renamed = "SELECT o.id AS key, o.status FROM orders o JOIN customers c ON c.id = o.id"
     assert refresh_apply_sql(plan(JOIN), renamed, ("public", "st"), frozenset()) is None
+
+
+def test_a_plan_says_which_staged_deltas_its_statement_reads_from_the_indexed_tables() -> None:
+    tested = plan(
+        "SELECT o.id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = o.id)"
+    )
+    assert tested.indexed_deltas == (CUSTOMERS.oid,)
+    assert StoredPlan.from_json(tested.to_json()).indexed_deltas == (CUSTOMERS.oid,)
+    # before version 4 every statement read them all from the indexed tables
+    document = json.loads(tested.to_json())
+    document["version"] = 3
+    del document["indexed_deltas"]
+    older = StoredPlan.from_json(document)
+    assert older.indexed_deltas is None

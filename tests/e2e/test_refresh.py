@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 import psycopg
@@ -16,7 +16,7 @@ from pgtrickle.reconcile import apply
 from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
 from tests.fixtures.cluster import Database
 from tests.fixtures.streams import declared_refresher, mismatched, running_reader
-from walstream.buffers import CapturedSource, load_sources, prune
+from walstream.buffers import Staging, load_sources, prune
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
 from walstream.reader import ChangeReader
@@ -165,17 +165,13 @@ class CountsStaging(Refresher):
         super().__init__(dsn, waiter, check=True)
         self.in_transaction = self.relayed = 0
 
-    def _stage_here(
-        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
-    ) -> int:
+    def _stage_here(self, table: Staging, query: sql.Composable) -> int:
         self.in_transaction += 1
-        return super()._stage_here(source, query, read)
+        return super()._stage_here(table, query)
 
-    def _relay(
-        self, source: CapturedSource, query: sql.Composable, read: Sequence[str] | None
-    ) -> int:
+    def _relay(self, table: Staging, query: sql.Composable) -> int:
         self.relayed += 1
-        return super()._relay(source, query, read)
+        return super()._relay(table, query)
 
 
 class StartsReaderLate:
