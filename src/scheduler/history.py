@@ -41,7 +41,9 @@ class RefreshResult:
     reason: str | None = None
     """Why the refresh ran in another way than the stream table's mode."""
     compiled_for: frozenset[int] | None = None
-    """The sources (oids) the applied delta was compiled for; None: the stored statement."""
+    """The sources (oids) the applied delta was compiled for, those with changes in the
+    window (compiled before staging, so an update of columns nobody reads counts); None:
+    the stored statement."""
 
 
 def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshResult) -> None:

@@ -1,4 +1,4 @@
-"""A refresh applies a delta compiled for the sources that staged rows in it."""
+"""A refresh applies a delta compiled for the sources with changes in its window."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def oids(dsn: str, *names: str) -> frozenset[int]:
         )
 
 
-def test_each_refresh_is_compiled_for_the_sources_it_staged(
+def test_each_refresh_is_compiled_for_the_sources_with_changes(
     refresher: Refresher, db: Database
 ) -> None:
     st = get_stream_table(refresher.staging, "spend")
