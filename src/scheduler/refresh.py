@@ -517,7 +517,13 @@ class Refresher:
     def _sees_all(self, source: CapturedSource, where: sql.Composable, buffered: int) -> bool:
         """Whether the refresh transaction sees all ``buffered`` rows of the source's window
         itself: the rows it sees were committed before S, so the staging session sees them
-        too (pruning removes none of a window's), and as many are the same ones."""
+        too, and as many are the same ones.
+
+        That holds because a buffered change is deleted only by pruning, once every stream
+        table reading it has applied it (so never one of a window's): a reader that removed
+        rows it had committed (the aborted subtransactions of a streamed transaction) would
+        let the refresh see rows that are gone while rows committed after S are missing, as
+        many, and this test would have to compare more than counts."""
         row = self.conn.execute(window_query(source, where)).fetchone()
         return row is not None and int(row[2]) == buffered
 

@@ -15,6 +15,10 @@ source's column names; ``pgtrickle.sources.columns`` maps positions back to name
 Everything else that reads or writes buffers asks this module for its SQL: the reader's COPY,
 the refresh's staging query and temp tables, ``wait``'s "behind" test, and pruning.
 
+Rows are only ever inserted, by the reader, and deleted by ``prune`` once every stream table
+reading the source has applied them: a refresh that sees as many of its window's rows in its
+own snapshot as a later snapshot does knows it sees them all (``Refresher._sees_all``).
+
 >>> source = CapturedSource(16385, "public", "orders", "changes_16385", ("id", "amount"),
 ...                         ("integer", "numeric(10,2)"))
 >>> value_columns(source)
