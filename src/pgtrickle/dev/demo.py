@@ -1,8 +1,8 @@
 """``./run demo``: a private PostgreSQL, a sample shop under load, three stream tables, live.
 
-Everything it starts it stops again on Ctrl-C or after ``--duration`` seconds, and everything
-it creates it removes: the writers, the daemon, the cluster and its data directory, and the
-declarations file it wrote.
+Everything it starts it stops again on Ctrl-C (or SIGTERM, or a closed terminal) or after
+``--duration`` seconds, and everything it creates it removes: the writers, the daemon, the
+cluster and its data directory, and the declarations file it wrote.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="writer transactions/s")
     args = parser.parse_args(argv)
     logs.configure("warning")
+    # `timeout`, a service manager or a closed terminal stops it as Ctrl-C does: without
+    # this the private PostgreSQL outlived the demo
+    for stopping in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stopping, _interrupt)
     try:
         return _run(args)
     except (ClusterError, PgTrickleError) as exc:
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         # the reader of a pipe went away: stop quietly (and say nothing at exit either)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
