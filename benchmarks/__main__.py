@@ -26,7 +26,7 @@ import psycopg
 from benchmarks import decode_bench, tpch_bench
 from pgtrickle import logs
 from pgtrickle.declarations import parse_declarations
-from pgtrickle.dev.cluster import LocalCluster, temporary_cluster
+from pgtrickle.dev.cluster import LocalCluster, stop_on_termination, temporary_cluster
 from pgtrickle.reconcile import apply
 from scheduler.daemon import Daemon
 from scheduler.refresh import Refresher
@@ -182,6 +182,16 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_termination()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # the private clusters are removed on the way out
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
     parser.add_argument(
         "which", nargs="?", default="all", choices=["latency", "refresh", "decode", "tpch", "all"]

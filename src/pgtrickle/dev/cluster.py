@@ -14,6 +14,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +39,18 @@ SERVER_SETTINGS: dict[str, str] = {
 
 _BIN_CACHE = Path(os.environ.get("PGTRICKLE_CACHE", "/var/tmp/pgtrickle"))
 _SERVICE_USERS = ("postgres", "pgtrickle")
+
+
+def stop_on_termination() -> None:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does: a tool stopped by
+    ``timeout``, a service manager or a closed terminal then runs its cleanup (without, the
+    private cluster it started outlived it)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class ClusterError(RuntimeError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -22,7 +21,7 @@ import psycopg
 from dvm.errors import PgTrickleError
 from pgtrickle import logs
 from pgtrickle.declarations import load_declarations
-from pgtrickle.dev.cluster import ClusterError, temporary_cluster
+from pgtrickle.dev.cluster import ClusterError, stop_on_termination, temporary_cluster
 from pgtrickle.dev.workload import Writer, create_schema
 from pgtrickle.reconcile import apply
 from pgtrickle.status import stream_table_states
@@ -61,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="writer transactions/s")
     args = parser.parse_args(argv)
     logs.configure("warning")
-    # `timeout`, a service manager or a closed terminal stops it as Ctrl-C does: without
-    # this the private PostgreSQL outlived the demo
-    for stopping in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stopping, _interrupt)
+    stop_on_termination()
     try:
         return _run(args)
     except (ClusterError, PgTrickleError) as exc:
@@ -74,10 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         # the reader of a pipe went away: stop quietly (and say nothing at exit either)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
