@@ -279,7 +279,7 @@ class Refresher:
             # temp tables created in a transaction that rolled back are gone again
             for key in self._created_here:
                 self._temp_tables.pop(key, None)
-                self._forget_statistics(key[0])
+                self._forget_statistics(*key)
             raise
         finally:
             self._analyzed_here.clear()
@@ -472,7 +472,7 @@ class Refresher:
             create_staging_table(self.conn, source, replace=True, key=key, indexed=indexed)
             self._temp_tables[(oid, indexed)] = source.columns
             self._created_here.append((oid, indexed))
-            self._forget_statistics(oid)
+            self._forget_statistics(oid, indexed)
 
     def _stage(
         self,
@@ -571,8 +571,8 @@ class Refresher:
         self.conn.execute(analyze_staging(table))
         self._analyzed_here[key] = rows
 
-    def _forget_statistics(self, oid: int) -> None:
-        for key in [k for k in self._analyzed if k[0] == oid]:
+    def _forget_statistics(self, oid: int, indexed: bool) -> None:
+        for key in [k for k in self._analyzed if k[:2] == (oid, indexed)]:
             del self._analyzed[key]
 
     def staging_window(self, snapshot: str, frontier: str) -> sql.Composable:

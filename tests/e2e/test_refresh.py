@@ -10,12 +10,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgtrickle.declarations import parse_declarations
-from pgtrickle.dev.workload import create_schema
-from pgtrickle.reconcile import apply
 from scheduler.refresh import PositionWaiter, RefreshAction, Refresher, planner_settings
 from tests.fixtures.cluster import Database
-from tests.fixtures.streams import declared_refresher, mismatched, running_reader
+from tests.fixtures.streams import (
+    declared_refresher,
+    declared_workload,
+    mismatched,
+    running_reader,
+)
 from walstream.buffers import Staging, load_sources, prune
 from walstream.catalog import get_stream_table
 from walstream.locks import APPLY_LOCK
@@ -192,8 +194,7 @@ class StartsReaderLate:
 def test_changes_buffered_after_the_snapshot_are_relayed_from_the_staging_session(
     db: Database,
 ) -> None:
-    create_schema(db.dsn, customers=10, orders=200, events=10)
-    apply(db.dsn, parse_declarations(YAML))
+    declared_workload(db.dsn, YAML)
     with psycopg.connect(db.dsn) as conn:
         conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
         conn.execute("DELETE FROM orders WHERE id BETWEEN 11 AND 20 AND status = 'paid'")
@@ -207,8 +208,7 @@ def test_changes_buffered_after_the_snapshot_are_relayed_from_the_staging_sessio
 def test_changes_buffered_before_the_snapshot_are_staged_by_the_refresh_itself(
     db: Database,
 ) -> None:
-    create_schema(db.dsn, customers=10, orders=200, events=10)
-    apply(db.dsn, parse_declarations(YAML))
+    declared_workload(db.dsn, YAML)
     with running_reader(db.dsn) as reader, CountsStaging(db.dsn, reader) as refresher:
         with psycopg.connect(db.dsn, autocommit=True) as conn:
             conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 10")
