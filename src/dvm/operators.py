@@ -310,3 +310,29 @@ def _output(output: Output) -> str:
     if isinstance(output.expression, exp.Column) and output.expression.name == output.name:
         return text
     return f"{text} AS {output.name}"
+
+
+def relation_types(relation: Relation) -> tuple[str | None, ...]:
+    """What the compiler knows of the types of a relation's columns (None: unknown)."""
+    if isinstance(relation, Project | Aggregate):
+        return relation.types
+    if isinstance(relation, TopK):
+        return relation_types(relation.input)
+    if isinstance(relation, UnionAll | SetOperation):
+        inputs = (
+            relation.inputs if isinstance(relation, UnionAll) else (relation.left, relation.right)
+        )
+        return tuple(
+            _common_type(types) for types in zip(*map(relation_types, inputs), strict=True)
+        )
+    return (None,) * len(relation.columns)
+
+
+def _common_type(types: tuple[str | None, ...]) -> str | None:
+    """The type of a set operation's column from its inputs' (as far as hashing goes: a
+    numeric anywhere makes the column numeric, or floating point, which hashes by sign)."""
+    if types and all(t == types[0] for t in types):
+        return types[0]
+    if any(t is not None and t.split("(")[0].strip() in ("numeric", "decimal") for t in types):
+        return "numeric"
+    return None

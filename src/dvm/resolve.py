@@ -54,6 +54,7 @@ from dvm.operators import (
     SubqueryScan,
     TopK,
     UnionAll,
+    relation_types,
 )
 from dvm.reason import Reason
 from dvm.support import aggregate_calls, function_name, volatile_calls
@@ -333,7 +334,7 @@ class _Resolver:
             having=None,
             outputs=tuple(Output(c, k) for c, k in zip(relation.columns, keys, strict=True)),
             not_null=(False,) * len(keys),
-            key_types=_types_of(relation),
+            key_types=relation_types(relation),
             distinct=True,
         )
 
@@ -650,7 +651,7 @@ class _Resolver:
         entry = _Entry(
             alias=alias,
             columns=columns,
-            types=dict(zip(columns, _types_of(relation), strict=True)),
+            types=dict(zip(columns, relation_types(relation), strict=True)),
             not_null=frozenset(),
             relation=relation,
             origin=origin,
@@ -1180,29 +1181,6 @@ class _Resolver:
             key_types=tuple(self._output_type(k, scope) for k in keys),
             distinct=True,
         )
-
-
-def _types_of(relation: Relation) -> tuple[str | None, ...]:
-    if isinstance(relation, Project | Aggregate):
-        return relation.types
-    if isinstance(relation, TopK):
-        return _types_of(relation.input)
-    if isinstance(relation, UnionAll | SetOperation):
-        inputs = (
-            relation.inputs if isinstance(relation, UnionAll) else (relation.left, relation.right)
-        )
-        return tuple(_common_type(types) for types in zip(*map(_types_of, inputs), strict=True))
-    return (None,) * len(relation.columns)
-
-
-def _common_type(types: tuple[str | None, ...]) -> str | None:
-    """The type of a set operation's column from its inputs' (as far as hashing goes: a
-    numeric anywhere makes the column numeric, or floating point, which hashes by sign)."""
-    if types and all(t == types[0] for t in types):
-        return types[0]
-    if any(t is not None and t.split("(")[0].strip() in ("numeric", "decimal") for t in types):
-        return "numeric"
-    return None
 
 
 def _reads_only(expression: exp.Expr, aliases: set[str]) -> bool:
