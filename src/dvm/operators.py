@@ -158,6 +158,9 @@ class Aggregate:
     """The group keys' types where known (a type without a hash opclass hashes its text)."""
     distinct: bool = field(default=False)
     """Written as SELECT DISTINCT (the keys are the outputs)."""
+    input_types: tuple[tuple[str, str, str | None], ...] = ()
+    """(alias, column, type) of the input's columns that keys, outputs and HAVING read, where
+    known (netting the input's rows by value hashes those of types that allow it)."""
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -1167,6 +1167,9 @@ class _Resolver:
             scalar=scalar,
             not_null=tuple(self._not_null(k, scope) for k in keys),
             key_types=tuple(self._output_type(k, scope) for k in keys),
+            input_types=self._column_types(
+                [*keys, *(o.expression for o in outputs), having], scope
+            ),
         )
 
     def _distinct(self, rows: Rows, outputs: tuple[Output, ...], scope: _Scope) -> Aggregate:
@@ -1180,7 +1183,17 @@ class _Resolver:
             not_null=tuple(self._not_null(k, scope) for k in keys),
             key_types=tuple(self._output_type(k, scope) for k in keys),
             distinct=True,
+            input_types=self._column_types(keys, scope),
         )
+
+    def _column_types(
+        self, expressions: Sequence[exp.Expr | None], scope: _Scope
+    ) -> tuple[tuple[str, str, str | None], ...]:
+        found: dict[tuple[str, str], str | None] = {}
+        for expression in expressions:
+            for column in expression.find_all(exp.Column) if expression is not None else ():
+                found.setdefault((column.table, column.name), self._type(column, scope))
+        return tuple((table, name, type_) for (table, name), type_ in found.items())
 
 
 def _reads_only(expression: exp.Expr, aliases: set[str]) -> bool:

@@ -113,6 +113,56 @@ def and_all(conditions: Sequence[exp.Expr]) -> exp.Expr | None:
     return exp.and_(*[c.copy() for c in conditions], copy=False)
 
 
+FAITHFUL_TYPES = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "boolean",
+        "date",
+        "uuid",
+        "oid",
+        '"char"',
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "time without time zone",
+    }
+)
+"""Types whose equal values have one text form: netted by value, which is cheaper."""
+BYTEWISE_TYPES = frozenset({"text", "character varying", "character", "name"})
+"""Types compared byte by byte under the C collation: equal there means one text form."""
+
+
+def is_numeric(type_: str | None) -> bool:
+    return (
+        type_ is not None
+        and type_.split("(")[0].strip() in ("numeric", "decimal")
+        and not type_.endswith("[]")
+    )
+
+
+def groupable(type_: str | None) -> bool:
+    """Whether values of ``type_`` (``format_type`` text; None: unknown, so not) can be told
+    apart as their text does by a GROUP BY that gives them back (``identity``)."""
+    if type_ is None:
+        return False
+    base = type_.split("(")[0].strip()
+    return base in FAITHFUL_TYPES or base in BYTEWISE_TYPES or is_numeric(type_)
+
+
+def identity(value: exp.Expr, type_: str) -> list[exp.Expr]:
+    """GROUP BY items that split values of a ``groupable`` type where their text differs,
+    ``value`` itself first (so a query grouped by them can select it): a numeric with its
+    scale (``1.5`` and ``1.50`` are equal), a string with its bytes (a nondeterministic
+    collation makes different strings equal)."""
+    base = type_.split("(")[0].strip()
+    if base in BYTEWISE_TYPES:
+        return [value.copy(), exp.Collate(this=value.copy(), expression=exp.Var(this='"C"'))]
+    if is_numeric(type_):
+        return [value.copy(), func("SCALE", value.copy())]
+    return [value.copy()]
+
+
 UNHASHABLE_TYPES = frozenset(
     {"money", "bit", "bit varying", "tsvector", "tsquery", "point", "box", "line", "lseg"}
 )

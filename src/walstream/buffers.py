@@ -39,6 +39,7 @@ from psycopg import sql
 
 from dvm.catalog import SourceTable
 from dvm.rules.scan import delta_relation
+from dvm.sql import BYTEWISE_TYPES, FAITHFUL_TYPES, groupable, is_numeric
 from dvm.zset import WEIGHT
 from walstream.locks import APPLY_LOCK
 
@@ -288,7 +289,7 @@ def staging_query(
         new=side(1, new, BufferAction.INSERT),
         names=value_names,
     )
-    if all(_groupable(source.column_types[i]) for i in read):
+    if all(groupable(source.column_types[i]) for i in read):
         # one row per identity by hashing: a third cheaper than sorting for the window
         # (6,000 lineitems: 32 -> 25 ms)
         return sql.SQL(
@@ -331,26 +332,6 @@ def staged_columns(source: CapturedSource, columns_read: Sequence[str] | None) -
     return [WEIGHT] + [source.columns[i] for i in _read_positions(source, columns_read)]
 
 
-_FAITHFUL_TYPES = frozenset(
-    {
-        "smallint",
-        "integer",
-        "bigint",
-        "boolean",
-        "date",
-        "uuid",
-        "oid",
-        '"char"',
-        "timestamp without time zone",
-        "timestamp with time zone",
-        "time without time zone",
-    }
-)
-"""Types whose equal values have one text form: netted by value, which sorts faster."""
-_BYTEWISE_TYPES = frozenset({"text", "character varying", "character", "name"})
-"""Types compared byte by byte under the C collation: equal there means one text form."""
-
-
 def _identity(value: sql.Composable, column_type: str, *, scale: bool = True) -> sql.Composable:
     """What a staged value is netted by: itself where equality is sameness of text (or
     bytes), a numeric with its scale (``1.5`` and ``1.50`` are equal numerics that a stream
@@ -358,24 +339,13 @@ def _identity(value: sql.Composable, column_type: str, *, scale: bool = True) ->
     its text (json has no equality). ``scale=False``: without the numeric's scale (the
     value of a group by both)."""
     base = column_type.split("(")[0].strip()
-    if base in _FAITHFUL_TYPES:
+    if base in FAITHFUL_TYPES:
         return value
-    if base in _BYTEWISE_TYPES:
+    if base in BYTEWISE_TYPES:
         return sql.SQL('{} COLLATE "C"').format(value)
-    if _is_numeric(column_type):
+    if is_numeric(column_type):
         return sql.SQL("{}, scale({})").format(value, value) if scale else value
     return sql.SQL("{}::text").format(value)  # arrays ("integer[]") too
-
-
-def _is_numeric(column_type: str) -> bool:
-    return column_type.split("(")[0].strip() == "numeric" and not column_type.endswith("[]")
-
-
-def _groupable(column_type: str) -> bool:
-    """Whether a staged value of the type is its own identity (so a GROUP BY of identities
-    can give it back): not one netted by its text."""
-    base = column_type.split("(")[0].strip()
-    return base in _FAITHFUL_TYPES or base in _BYTEWISE_TYPES or _is_numeric(column_type)
 
 
 def create_staging_table(

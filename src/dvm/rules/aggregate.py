@@ -9,6 +9,7 @@ aggregates below a join, in a subquery or a CTE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from sqlglot import exp
@@ -123,33 +124,9 @@ def _netted_old_groups(
         [term.select(read or [sql.alias(sql.lit(0), "__pgt_v0")], weighted=True) for term in terms]
     )
     values = [sql.col("r", name) for name in names.values()] or [sql.col("r", "__pgt_v0")]
-    same = sql.row_text(values)
-    netted = exp.select(
-        *values,
-        sql.alias(
-            exp.Window(this=exp.Sum(this=sql.col("r", WEIGHT)), partition_by=[same]), "__pgt_net"
-        ),
-        sql.alias(exp.Window(this=exp.RowNumber(), partition_by=[same.copy()]), "__pgt_n"),
-    ).from_(rows.subquery(sql.ident("r")), copy=False)
-    copies = (
-        exp.select(*[sql.col("n", v.name) for v in values])
-        .from_(netted.subquery(sql.ident("n")), copy=False)
-        .join(
-            exp.Table(
-                this=sql.func("GENERATE_SERIES", sql.lit(1), sql.col("n", "__pgt_net")),
-                alias=exp.TableAlias(this=sql.ident("__pgt_copy")),
-            ),
-            join_type="cross",
-            copy=False,
-        )
-        .where(
-            exp.and_(
-                exp.EQ(this=sql.col("n", "__pgt_n"), expression=sql.lit(1)),
-                exp.GT(this=sql.col("n", "__pgt_net"), expression=sql.lit(0)),
-            ),
-            copy=False,
-        )
-    )
+    known = {(table, column): type_ for table, column, type_ in node.input_types}
+    types = [known.get(key) for key in names] or ["integer"]
+    copies = _copies(rows, values, types)
 
     def rewrite(expression: exp.Expr) -> exp.Expr:
         def replace(found: exp.Expr) -> exp.Expr:
@@ -170,6 +147,50 @@ def _netted_old_groups(
     ]
     restriction = None if node.group_by else exp.or_(*[t.exists() for t in live(input.delta)])
     return grouped(over, Term((aliased(copies, "__pgt_o"),)), columns, restriction=restriction)
+
+
+def _copies(rows: exp.Query, values: list[exp.Column], types: Sequence[str | None]) -> exp.Select:
+    """The values of the weighted ``rows`` (alias ``r``), each as often as its net weight
+    says (none where it is not positive): netted by a GROUP BY where their types allow it
+    (``sql.identity``), else per text of the row (Q18 at 0.1 %: sorting 9,000 rows by it
+    took 20 of the term's 48 ms)."""
+    source = rows.subquery(sql.ident("r"))
+    net: exp.Expr = exp.Sum(this=sql.col("r", WEIGHT))
+    if all(sql.groupable(t) for t in types):
+        keys = [
+            item for v, t in zip(values, types, strict=True) if t for item in sql.identity(v, t)
+        ]
+        netted = (
+            exp.select(*[sql.alias(v.copy(), v.name) for v in values], sql.alias(net, "__pgt_net"))
+            .from_(source, copy=False)
+            .group_by(*keys, copy=False)
+            .having(exp.GT(this=net.copy(), expression=sql.lit(0)), copy=False)
+        )
+        kept: exp.Expr | None = None
+    else:
+        same = sql.row_text(values)
+        netted = exp.select(
+            *values,
+            sql.alias(exp.Window(this=net, partition_by=[same]), "__pgt_net"),
+            sql.alias(exp.Window(this=exp.RowNumber(), partition_by=[same.copy()]), "__pgt_n"),
+        ).from_(source, copy=False)
+        kept = exp.and_(
+            exp.EQ(this=sql.col("n", "__pgt_n"), expression=sql.lit(1)),
+            exp.GT(this=sql.col("n", "__pgt_net"), expression=sql.lit(0)),
+        )
+    copies = (
+        exp.select(*[sql.col("n", v.name) for v in values])
+        .from_(netted.subquery(sql.ident("n")), copy=False)
+        .join(
+            exp.Table(
+                this=sql.func("GENERATE_SERIES", sql.lit(1), sql.col("n", "__pgt_net")),
+                alias=exp.TableAlias(this=sql.ident("__pgt_copy")),
+            ),
+            join_type="cross",
+            copy=False,
+        )
+    )
+    return copies.where(kept, copy=False) if kept is not None else copies
 
 
 @rule(Aggregate)
