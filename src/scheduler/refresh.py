@@ -11,9 +11,9 @@
    a transactional logical message when it lags).
 4. Stage the buffered changes of transactions visible in S and not in the stored frontier F
    into the session's temp tables. A second autocommit connection sees them all and counts
-   them; when the refresh transaction sees as many (the reader had committed them before S),
-   it stages them itself, else they are relayed from the second connection (COPY out, COPY
-   in).
+   them; when the reader had committed them before S (the reader's position S sees is past
+   the newest of them), the refresh transaction stages them itself, else they are relayed
+   from the second connection (COPY out, COPY in).
 5. Run the compiled delta against the staged changes and the base tables at S, MERGE it into
    the storage table, store S as the new frontier, commit.
 """
@@ -49,6 +49,7 @@ from walstream.buffers import (
     visible_window,
     window_query,
 )
+from walstream.capture import SLOT_NAME
 from walstream.catalog import StreamTable, StreamTableStatus, find_stream_table
 from walstream.dsn import connect
 from walstream.errors import NotFound
@@ -160,9 +161,17 @@ def planner_settings(
 class Refresher:
     """Refreshes stream tables on its own pair of connections (one per worker)."""
 
-    def __init__(self, dsn: str, waiter: PositionWaiter, *, check: bool | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        waiter: PositionWaiter,
+        *,
+        check: bool | None = None,
+        slot: str = SLOT_NAME,
+    ) -> None:
         self.dsn = dsn
         self.waiter = waiter
+        self.slot = slot
         self.check = check_mode_enabled() if check is None else check
         self.conn: psycopg.Connection[Any] = connect(
             dsn, autocommit=True, fallback_application_name="pgtrickle-refresh"
@@ -230,16 +239,17 @@ class Refresher:
                 lock_before_snapshot(self.conn, [source.qualified_name for source in locked])
                 row = self.conn.execute(
                     "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text,"
-                    " frontier::text, revision, status FROM pgtrickle.stream_tables"
-                    " WHERE id = %s",
-                    (st.id,),
+                    " frontier::text, revision, status, (SELECT r.buffered_lsn::text"
+                    " FROM pgtrickle.reader_state r WHERE r.slot_name = %s)"
+                    " FROM pgtrickle.stream_tables WHERE id = %s",
+                    (self.slot, st.id),
                 ).fetchone()
                 if row is None:
                     raise NotFound(
                         f'stream table "{st.display_name}" was dropped',
                         hint="`pgtrickle status` lists the stream tables there are",
                     )
-                snapshot, lsn_text, frontier, revision, status = row
+                snapshot, lsn_text, frontier, revision, status, reader_at = row
                 if revision != st.revision or status != st.status.value:
                     reloaded = find_stream_table(self.conn, st.id)
                     assert reloaded is not None  # the row was just read in this snapshot
@@ -257,7 +267,8 @@ class Refresher:
                 result = RefreshResult(RefreshAction.FULL, lsn, st, timings=timings)
                 differential = st.effective_refresh_mode is RefreshMode.DIFFERENTIAL and not full
                 if differential and frontier is not None:
-                    self._differential(st, sources, snapshot, frontier, result)
+                    seen = Seen(snapshot, frontier, parse_lsn(reader_at) if reader_at else None)
+                    self._differential(st, sources, seen, result)
                 else:
                     t0 = time.perf_counter()
                     result.rows_changed = recompute(
@@ -292,11 +303,11 @@ class Refresher:
         self,
         st: StreamTable,
         sources: dict[int, CapturedSource],
-        snapshot: str,
-        frontier: str,
+        seen: Seen,
         result: RefreshResult,
     ) -> None:
         timings = result.timings
+        snapshot, frontier = seen.snapshot, seen.frontier
         t0 = time.perf_counter()
         costs = self._auto_costs(st)
         # auto decides before staging: rows staged only to be recomputed are a cost for
@@ -345,7 +356,7 @@ class Refresher:
         timings["compile_ms"] = _ms(started)
         result.compiled_for = frozenset(window.pending) if statement.specialized else None
         self._ensure_temp_tables(st, sources, statement)
-        staged = self._stage(st, sources, window, statement, snapshot, frontier, timings)
+        staged = self._stage(st, sources, window, statement, seen, timings)
         # without compiling the delta for the sources that changed: once per session and
         # set of sources, so not a cost of the refresh (auto weighs stage_ms and apply_ms
         # per changed row, and a first refresh that compiled for 300 ms made it recompute
@@ -392,7 +403,7 @@ class Refresher:
         window = self.staging_window(snapshot, frontier)
         truncated, capped = False, False
         pending: dict[int, int] = {}
-        buffered: dict[int, int] = {}
+        newest: dict[int, int] = {}
         for oid in st.source_oids:
             source = sources.get(oid)
             if source is None:
@@ -406,9 +417,9 @@ class Refresher:
             truncated = truncated or bool(row[0])
             if row[1]:
                 pending[oid] = int(row[1])
-                buffered[oid] = int(row[2])
+                newest[oid] = parse_lsn(row[3])
             capped = capped or (left is not None and int(row[2]) >= left)
-        return Window(truncated, pending, capped, buffered)
+        return Window(truncated, pending, capped, newest)
 
     def _auto_costs(self, st: StreamTable) -> Measured | None:
         """For ``auto``, the stream table's measured refresh times, once they can decide:
@@ -480,8 +491,7 @@ class Refresher:
         sources: dict[int, CapturedSource],
         window: Window,
         statement: ApplyStatement,
-        snapshot: str,
-        frontier: str,
+        seen: Seen,
         timings: dict[str, float],
     ) -> int:
         """Copy this refresh's changes (no TRUNCATE among them) into the temp tables that
@@ -491,7 +501,7 @@ class Refresher:
         ``stage_analyze_ms``."""
         total = 0
         timings["stage_copy_ms"] = timings["stage_analyze_ms"] = 0.0
-        where = self.staging_window(snapshot, frontier)
+        where = self.staging_window(seen.snapshot, seen.frontier)
         # ANALYZE samples 300 rows per unit of the target: at 10, 3,000 rows tell a delta's
         # row count and distinct values as well as 30,000 do, in a tenth of the time
         # (60,000 staged lineitems: 100 -> 12 ms)
@@ -503,7 +513,7 @@ class Refresher:
             table = Staging(source, statement.reads_indexed(oid), st.plan.columns_read.get(oid))
             query = staging_query(source, where, table.read)
             t0 = time.perf_counter()
-            if self._sees_all(source, where, window.buffered[oid]):
+            if self._sees_all(seen, window.newest[oid]):
                 copied = self._stage_here(table, query)
             else:
                 copied = self._relay(table, query)
@@ -514,18 +524,15 @@ class Refresher:
             timings["stage_analyze_ms"] += _ms(t0)
         return total
 
-    def _sees_all(self, source: CapturedSource, where: sql.Composable, buffered: int) -> bool:
-        """Whether the refresh transaction sees all ``buffered`` rows of the source's window
-        itself: the rows it sees were committed before S, so the staging session sees them
-        too, and as many are the same ones.
+    def _sees_all(self, seen: Seen, newest: int) -> bool:
+        """Whether the refresh transaction sees all of a source's window itself, the newest
+        change of which ends at ``newest``: the reader commits each batch of buffer rows
+        with the position it reached, so when the position S sees is past ``newest``, the
+        batches holding the window were committed before S.
 
-        That holds because a buffered change is deleted only by pruning, once every stream
-        table reading it has applied it (so never one of a window's): a reader that removed
-        rows it had committed (the aborted subtransactions of a streamed transaction) would
-        let the refresh see rows that are gone while rows committed after S are missing, as
-        many, and this test would have to compare more than counts."""
-        row = self.conn.execute(window_query(source, where)).fetchone()
-        return row is not None and int(row[2]) == buffered
+        (A buffered change is deleted only by pruning, once every stream table reading it
+        has applied it, so never one of a window's.)"""
+        return seen.reader_at is not None and newest <= seen.reader_at
 
     def _stage_here(self, table: Staging, query: sql.Composable) -> int:
         """Stage by one statement of the refresh transaction (6,000 lineitems: 37 -> 23 ms,
@@ -646,6 +653,18 @@ def _key(st: StreamTable, oid: int) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What the refresh transaction read with its snapshot."""
+
+    snapshot: str
+    frontier: str
+    """The stream table's frontier F (a snapshot, text)."""
+    reader_at: int | None
+    """How far the reader had buffered, as committed before the snapshot (None: no
+    position stored for the slot)."""
+
+
+@dataclass(frozen=True)
 class Window:
     """What a refresh's window of buffered changes holds, as counted before staging."""
 
@@ -655,8 +674,8 @@ class Window:
     """For each source with changes, about as many rows as staging them gives."""
     capped: bool
     """Counting stopped at the cap: there are at least ``rows``."""
-    buffered: dict[int, int]
-    """For each source with changes, the buffer rows counted."""
+    newest: dict[int, int]
+    """For each source with changes, the newest commit end (LSN) among its rows."""
 
     @property
     def rows(self) -> int:

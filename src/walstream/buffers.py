@@ -15,9 +15,10 @@ source's column names; ``pgtrickle.sources.columns`` maps positions back to name
 Everything else that reads or writes buffers asks this module for its SQL: the reader's COPY,
 the refresh's staging query and temp tables, ``wait``'s "behind" test, and pruning.
 
-Rows are only ever inserted, by the reader, and deleted by ``prune`` once every stream table
-reading the source has applied them: a refresh that sees as many of its window's rows in its
-own snapshot as a later snapshot does knows it sees them all (``Refresher._sees_all``).
+Rows are inserted by the reader, in batches committed with ``reader_state.buffered_lsn``, and
+deleted by ``prune`` once every stream table reading the source has applied them. So a
+snapshot that sees ``buffered_lsn`` at or past the newest ``lsn`` of a refresh's window sees
+all of the window's rows (``Refresher._sees_all``).
 
 >>> source = CapturedSource(16385, "public", "orders", "changes_16385", ("id", "amount"),
 ...                         ("integer", "numeric(10,2)"))
@@ -211,17 +212,19 @@ def window_query(
 ) -> sql.Composed:
     """One row: whether a TRUNCATE of the source is among the rows in ``window``, about as
     many rows as staging them gives (an update is two, its old and its new values; netting
-    and updates of columns nobody reads make them fewer), and the buffer rows counted.
+    and updates of columns nobody reads make them fewer), the buffer rows counted, and the
+    newest commit end (``lsn``) among them (text; NULL for none).
 
     With ``limit`` it stops after that many buffer rows: once a refresh is known to have
     more changes than are worth applying, counting the rest of a large window is a scan for
     nothing (and the TRUNCATE flag is then only about the rows counted)."""
-    rows = sql.SQL("SELECT b.action FROM {} b WHERE {}").format(source.buffer, window)
+    rows = sql.SQL("SELECT b.action, b.lsn FROM {} b WHERE {}").format(source.buffer, window)
     if limit is not None:
         rows = sql.SQL("{} LIMIT {}").format(rows, sql.Literal(limit))
     return sql.SQL(
         "SELECT coalesce(bool_or(r.action = {}), false),"
-        " count(*) + count(*) FILTER (WHERE r.action = {}), count(*) FROM ({}) r"
+        " count(*) + count(*) FILTER (WHERE r.action = {}), count(*), max(r.lsn)::text"
+        " FROM ({}) r"
     ).format(
         sql.Literal(BufferAction.TRUNCATE.value),
         sql.Literal(BufferAction.UPDATE.value),
