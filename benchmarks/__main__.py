@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import statistics
 import sys
 import threading
@@ -181,6 +182,14 @@ def bench_refresh(cluster: LocalCluster, rows: int, repeats: int) -> list[dict[s
     return results
 
 
+def _memory(text: str) -> str:
+    """A PostgreSQL memory setting such as ``2GB`` (refused otherwise, before a server is
+    started with it)."""
+    if re.fullmatch(r"[1-9][0-9]*(kB|MB|GB)", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MB or 2GB")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_termination()
     try:
@@ -217,6 +226,11 @@ def _main(argv: list[str] | None) -> int:
         "--no-scale-check", action="store_true", help="tpch: skip the scale/10 comparison"
     )
     parser.add_argument(
+        "--shared-buffers",
+        type=_memory,
+        help="tpch: the private server's shared_buffers (default 128MB, PostgreSQL's own)",
+    )
+    parser.add_argument(
         "--limit", type=float, default=60.0, help="tpch: seconds a stream table refresh may take"
     )
     args = parser.parse_args(argv)
@@ -229,6 +243,7 @@ def _main(argv: list[str] | None) -> int:
             [float(s) for s in args.shares.split(",")],
             scale_check=not args.no_scale_check,
             limit_s=args.limit,
+            shared_buffers=args.shared_buffers,
         )
         print(tpch_bench.markdown(report))
         return 0

@@ -477,8 +477,10 @@ def _yaml(wanted: Sequence[tuple[str, str]]) -> str:
 
 
 @contextlib.contextmanager
-def private_base(scale: float, report: Report) -> Iterator[Base]:
-    cluster = temporary_cluster(prefix="pgtrickle-bench-")
+def private_base(
+    scale: float, report: Report, settings: dict[str, str] | None = None
+) -> Iterator[Base]:
+    cluster = temporary_cluster(prefix="pgtrickle-bench-", settings=settings)
     cluster.start()
     base: Base | None = None
     try:
@@ -623,13 +625,15 @@ def run(
     shares: Sequence[float] = SHARES,
     scale_check: bool = True,
     limit_s: float = 60.0,
+    shared_buffers: str | None = None,
 ) -> Report:
     unknown = [q for q in queries if q not in QUERIES]
     if unknown:
         raise SystemExit(f"no such TPC-H query: {', '.join(unknown)} (q01 .. q22)")
     report = Report(scale, scale / 10, repeats, limit_s)
     started = time.perf_counter()
-    with private_base(scale, report) as large:
+    settings = {"shared_buffers": shared_buffers} if shared_buffers else None
+    with private_base(scale, report, settings) as large:
         report.machine = machine(large.cluster)
         print(" ".join(f"{k}={v}" for k, v in report.machine.items()), flush=True)
         large.load(queries)
@@ -639,7 +643,7 @@ def run(
         if scale_check:
             scaled = [q for q in SCALE_QUERIES if st_name(q, "differential") in large.declared]
             large.undeclare_all_but({st_name(q, "differential") for q in scaled})
-            with private_base(scale / 10, report) as small:
+            with private_base(scale / 10, report, settings) as small:
                 small.load(SCALE_QUERIES)
                 small.declare(SCALE_QUERIES, ["differential"])
                 small.start()
