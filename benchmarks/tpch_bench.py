@@ -599,7 +599,8 @@ def machine(cluster: LocalCluster) -> dict[str, str]:
     with psycopg.connect(cluster.dsn()) as conn:
         row = conn.execute("SHOW server_version").fetchone()
         settings = conn.execute(
-            "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)"
+            # current_setting shows a size as "128MB" (setting || unit read "163848kB")
+            "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name)"
             " FROM pg_settings WHERE name IN ('shared_buffers', 'work_mem',"
             " 'max_parallel_workers_per_gather', 'fsync', 'synchronous_commit')"
         ).fetchone()
