@@ -453,8 +453,13 @@ class Refresher:
 
     def _apply_delta(self, st: StreamTable, statement: ApplyStatement) -> int | None:
         """Rows changed; None when the statement's own guard failed and it changed nothing."""
+        # Prepared from the first refresh (psycopg would from the fifth): the statement has
+        # no parameters, so the server plans it once and keeps the plan until a temp table
+        # it reads is analyzed again, which ``_analyze`` does when the delta's size moved by
+        # more than 2x. Parsing and planning the statement is a third of a small refresh's
+        # apply (Q10 at 0.1 %: 58 -> 38 ms; Q18 264 -> 228 ms).
         with planner_settings(self.conn, APPLY_PLANNER_SETTINGS):
-            cur = self.conn.execute(statement.sql.encode())
+            cur = self.conn.execute(statement.sql.encode(), prepare=True)
         if st.plan.apply_strategy is ApplyStrategy.BAG:
             # (deleted, inserted), and for a TopK whether its guard held
             row = cur.fetchone()
