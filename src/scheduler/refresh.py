@@ -528,7 +528,7 @@ class Refresher:
                 table = Staging(source, statement.reads_indexed(oid), read)
                 query = staging_query(source, where, table.read)
                 t0 = time.perf_counter()
-                if self._sees_all(seen, window.newest[oid]):
+                if self._sees_all(seen, window, oid):
                     copied = self._stage_here(table, query)
                 else:
                     copied = self._relay(table, query)
@@ -539,15 +539,18 @@ class Refresher:
                 timings["stage_analyze_ms"] += _ms(t0)
         return total
 
-    def _sees_all(self, seen: Seen, newest: int) -> bool:
-        """Whether the refresh transaction sees all of a source's window itself, the newest
-        change of which ends at ``newest``: the reader commits each batch of buffer rows
-        with the position it reached, so when the position S sees is past ``newest``, the
-        batches holding the window were committed before S.
+    def _sees_all(self, seen: Seen, window: Window, oid: int) -> bool:
+        """Whether the refresh transaction sees all of source ``oid``'s window itself: the
+        reader commits each batch of buffer rows with the position it reached, so when the
+        position S sees is past the window's newest change, the batches holding the window
+        were committed before S. A capped count saw only some of the window, so not its
+        newest change: relayed.
 
         (A buffered change is deleted only by pruning, once every stream table reading it
         has applied it, so never one of a window's.)"""
-        return seen.reader_at is not None and newest <= seen.reader_at
+        if window.capped or seen.reader_at is None:
+            return False
+        return window.newest[oid] <= seen.reader_at
 
     def _stage_here(self, table: Staging, query: sql.Composable) -> int:
         """Stage by one statement of the refresh transaction (6,000 lineitems: 37 -> 23 ms,
@@ -689,7 +692,8 @@ class Window:
     capped: bool
     """Counting stopped at the cap: there are at least ``rows``."""
     newest: dict[int, int]
-    """For each source with changes, the newest commit end (LSN) among its rows."""
+    """For each source with changes, the newest commit end (LSN) among the rows counted
+    (all of them unless ``capped``)."""
 
     @property
     def rows(self) -> int:
