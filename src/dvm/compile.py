@@ -33,13 +33,15 @@ from types import MappingProxyType
 
 from sqlglot import exp
 
-from dvm import aggregate, consolidate, full, sql, topk
+from dvm import aggregate, consolidate, full, kept, sql, topk
 from dvm.catalog import CatalogFacts, SourceTable
 from dvm.dialect import parse_statements, render
 from dvm.errors import InvalidQuery, UnsupportedQuery
+from dvm.kept import keeps, kept_table
 from dvm.operators import Aggregate, Relation, TopK
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from dvm.reason import Reason, summary
+from dvm.relevance import relevant_rows
 from dvm.resolve import NotDifferentiable, Resolved, check_output_names, resolve
 from dvm.rules import derive, relation, rows
 from dvm.rules.scan import KEY_LOOKUP, delta_relation
@@ -149,6 +151,7 @@ def _differential(
     names = root.columns
     context = Context(changed=changed)
     guarding: exp.Query | None = None
+    keeping: kept.Kept | None = None
     hidden: tuple[str, ...] = (ROW_ID,)
     if isinstance(root, Aggregate):
         input = rows(derive(root.input, context))
@@ -156,6 +159,22 @@ def _differential(
         delta_query: exp.Query = aggregate.delta_query(root, input, context, storage)
         strategy = ApplyStrategy.KEYED
         hidden = (ROW_ID, *aggregate.aux_columns(root))
+    elif keeps(root):
+        assert isinstance(root, TopK) and isinstance(root.input, Aggregate)
+        grouped = root.input
+        table = kept_table(storage)
+        input = rows(derive(grouped.input, context))
+        delta_query = aggregate.delta_query(grouped, input, context, table)
+        strategy = ApplyStrategy.KEYED
+        storage_query = kept.first_of_kept(root, table)
+        keeping = kept.Kept(
+            table=table,
+            storage_query=render(aggregate.storage_query(grouped, input)),
+            columns=names,
+            hidden_columns=(ROW_ID, *aggregate.aux_columns(grouped)),
+            order=kept.order_columns(root),
+            top_sql=render(kept.replace_first_rows(root, table, storage)),
+        )
     elif isinstance(root, TopK):
         storage_query = full.storage_query(statement, names)
         delta_query = topk.delta_query(root, _derived(root.input, context), context, storage)
@@ -190,6 +209,8 @@ def _differential(
         tree=root,
         guard_query=None if guarding is None else render(guarding),
         indexed_deltas=indexed,
+        staging_filters=MappingProxyType(relevant_rows(root)),
+        kept=keeping,
     )
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from sqlglot import exp
 
 from dvm import apply
 from dvm.catalog import CatalogFacts, SourceTable
 from dvm.dialect import parse_one, render
+from dvm.kept import Kept
 from dvm.operators import Aggregate, AggregateClass, Operator, explain_tree, walk
 from dvm.reason import Reason
 from dvm.zset import GUARD
@@ -84,6 +86,12 @@ class DeltaPlan:
     indexed_deltas: frozenset[int] = frozenset()
     """The sources (oids) whose staged delta the delta looks up by key: it reads them from
     the indexed temp tables, the others' from the plain ones (``delta_relation``)."""
+    staging_filters: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Source oid -> the condition (over its bare column names) a changed row must meet to be
+    staged: the others cannot change what the query shows (``dvm.relevance``)."""
+    kept: Kept | None = None
+    """A TopK over an aggregate: the aggregate of every group, kept in a hidden table that
+    the delta is applied to (``dvm.kept``); the stream table is then made its first rows."""
 
     @property
     def aux_columns(self) -> tuple[str, ...]:
@@ -100,9 +108,19 @@ class DeltaPlan:
         for source in self.sources:
             read = ", ".join(self.columns_read.get(source.oid, ()))
             lines.append(f"sources: {source.qualified_name} (oid {source.oid}) reads {read}")
+        for source in self.sources:
+            condition = self.staging_filters.get(source.oid)
+            if condition is not None:
+                lines.append(f"staged: changes of {source.qualified_name} where {condition}")
         lines.extend(f"note: {reason}" for reason in self.reasons)
         if self.guard_query is not None:
             lines.append("guard: the first rows are checked at each refresh (else full)")
+        if self.kept is not None:
+            schema, name = self.kept.table
+            lines.append(
+                f'kept: every group in "{schema}"."{name}" (hidden:'
+                f" {', '.join(self.kept.hidden_columns)}); the stream table is its first rows"
+            )
         if self.tree is not None:
             lines.extend(explain_tree(self.tree))
         return "\n".join(lines)
@@ -122,6 +140,8 @@ class DeltaPlan:
         node = self.tree
         if node is None:
             return "hash of the whole row"
+        if self.kept is not None:
+            return "hash of the group key values in the kept table, of the output values here"
         if isinstance(node, Aggregate) and self.apply_strategy is ApplyStrategy.KEYED:
             return "hash of the group key values" if node.group_by else "constant (one row)"
         return "hash of the output values"
@@ -137,6 +157,10 @@ class DeltaPlan:
         delta = parse_one(self.delta_query)
         assert isinstance(delta, exp.Query)
         columns = [*self.user_columns, *self.aux_columns]
+        if self.kept is not None:
+            # the delta is the aggregate's, applied to the kept table
+            columns = [*self.kept.columns, *self.kept.aux_columns]
+            return render(apply.merge(self.kept.table, delta, columns))
         if self.apply_strategy is ApplyStrategy.KEYED:
             return render(apply.merge(self.storage, delta, columns))
         guard = GUARD if self.guard_query is not None else None

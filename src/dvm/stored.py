@@ -27,13 +27,15 @@ from typing import Any
 from dvm.catalog import CatalogFacts, facts_from_json, facts_to_json
 from dvm.compile import compile_query
 from dvm.errors import PgTrickleError
+from dvm.kept import Kept
 from dvm.plan import ApplyStrategy, DeltaPlan
 from dvm.reason import Reason
 
-VERSION = 4
+VERSION = 5
 """The version this code writes. 0 is the untagged document of the first releases; 2 adds
 the guard; 3 the catalog facts the plan was compiled from; 4 which staged deltas the apply
-statement reads from the indexed temp tables."""
+statement reads from the indexed temp tables; 5 the conditions a change must meet to be
+staged."""
 
 
 class UnreadablePlan(PgTrickleError, code="PGT211"):
@@ -71,6 +73,13 @@ class StoredPlan:
     """The sources whose staged delta ``apply_sql`` reads from the indexed temp table, the
     others' from the plain one (``dvm.rules.scan.delta_relation``); None in plans of versions
     before 4, which read every one from the indexed table."""
+    staging_filters: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Source oid -> the condition a changed row must meet to be staged (``dvm.relevance``);
+    none in plans of versions before 5, which stage every change."""
+    kept: Kept | None = None
+    """The hidden table of every group of a TopK over an aggregate (``dvm.kept``), which
+    ``apply_sql`` maintains; the stream table is then replaced by its first rows
+    (``kept.top_sql``). None in plans of versions before 5."""
 
     @property
     def source_oids(self) -> tuple[int, ...]:
@@ -97,6 +106,8 @@ class StoredPlan:
                 "indexed_deltas": (
                     list(self.indexed_deltas) if self.indexed_deltas is not None else None
                 ),
+                "staging_filters": {str(oid): c for oid, c in self.staging_filters.items()},
+                "kept": _kept_to_json(self.kept) if self.kept is not None else None,
             },
             # jsonb keeps keys in an order of its own: sorted, two equal plans read the same
             sort_keys=True,
@@ -106,7 +117,7 @@ class StoredPlan:
     def from_json(cls, document: str | Mapping[str, Any]) -> StoredPlan:
         data: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
         version = data.get("version", 0)
-        if version not in (0, 1, 2, 3, VERSION):
+        if version not in (0, 1, 2, 3, 4, VERSION):
             raise UnreadablePlan(
                 f"the stored plan has version {version}; this pgtrickle reads up to {VERSION}",
                 detail="the stream table was created by a newer version of pgtrickle",
@@ -145,6 +156,10 @@ class StoredPlan:
                     if data.get("indexed_deltas") is not None
                     else None
                 ),
+                staging_filters=MappingProxyType(
+                    {int(oid): str(c) for oid, c in data.get("staging_filters", {}).items()}
+                ),
+                kept=_kept_from_json(data["kept"]) if data.get("kept") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UnreadablePlan(
@@ -181,6 +196,34 @@ def stored_plan(plan: DeltaPlan) -> StoredPlan:
         aggregates=tuple((call, kind.value, why) for call, kind, why in plan.aggregate_classes()),
         catalog=plan.catalog if plan.differentiable else None,
         indexed_deltas=tuple(sorted(plan.indexed_deltas)),
+        staging_filters=MappingProxyType(dict(plan.staging_filters)),
+        kept=plan.kept,
+    )
+
+
+def _kept_to_json(kept: Kept) -> dict[str, Any]:
+    return {
+        "table": list(kept.table),
+        "storage_query": kept.storage_query,
+        "columns": list(kept.columns),
+        "hidden_columns": list(kept.hidden_columns),
+        "order": [list(item) for item in kept.order] if kept.order is not None else None,
+        "top_sql": kept.top_sql,
+    }
+
+
+def _kept_from_json(data: Mapping[str, Any]) -> Kept:
+    schema, name = data["table"]
+    order = data.get("order")
+    return Kept(
+        table=(str(schema), str(name)),
+        storage_query=str(data["storage_query"]),
+        columns=tuple(data["columns"]),
+        hidden_columns=tuple(data["hidden_columns"]),
+        order=(
+            tuple((str(c), bool(d), bool(n)) for c, d, n in order) if order is not None else None
+        ),
+        top_sql=str(data["top_sql"]),
     )
 
 
@@ -201,6 +244,7 @@ def refresh_apply_sql(
         return None
     same = (
         again.differentiable
+        and again.kept == plan.kept
         and again.storage_query == plan.storage_query
         and again.user_columns == plan.user_columns
         and again.hidden_columns == plan.hidden_columns

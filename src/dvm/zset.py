@@ -138,14 +138,15 @@ class Term:
         fenced select runs it once per distinct value of those instead of once per row (Q18:
         its ``IN`` over 1,500 changed orders was tested for each of 6,000 lineitems joined).
         """
-        if not self.deltas:
-            return self.where(condition)
         return replace(self, late=(*self.late, Late(condition, keyed)))
 
     def _late_conditions(self) -> tuple[exp.Expr, ...]:
-        """The late tests as conditions: ``(test OR d.__pgt_w IS NULL)``."""
+        """The late tests as conditions: ``(test OR d.__pgt_w IS NULL)``; in a term without
+        a delta item (rows of a new state that a change touched), the tests themselves."""
         if not self.late:
             return ()
+        if not self.deltas:
+            return tuple(late.condition.copy() for late in self.late)
         weight = sql.col(sorted(self.deltas)[0], WEIGHT)
         return tuple(
             exp.paren(

@@ -46,7 +46,7 @@ from pgtrickle import relations
 from pgtrickle.declarations import Declarations, StreamTableDecl
 from pgtrickle.errors import DependentObjects, InvalidDeclaration, NameTaken, PruneRequired
 from scheduler.history import record_populated
-from scheduler.populate import create_storage, index_storage, lock_before_snapshot
+from scheduler.populate import create_storage, drop_kept, index_storage, lock_before_snapshot
 from walstream.buffers import BUFFER_SCHEMA, load_sources
 from walstream.capture import (
     PUBLICATION_NAME,
@@ -112,6 +112,7 @@ class EffectKind(StrEnum):
     REPLICA_IDENTITY = "replica_identity"
     PUBLISH = "publish"
     BUFFER = "buffer"
+    KEPT = "kept"
     RELEASE = "release"
 
 
@@ -202,7 +203,8 @@ def plan_apply(conn: psycopg.Connection[Any], decls: Declarations) -> ApplyPlan:
         if not facts.can_create_in_database:
             raise MissingPrivilege(
                 f'role "{facts.role}" may not create the pgtrickle catalog in this database',
-                detail="the catalog lives in the schemas pgtrickle and pgtrickle_changes",
+                detail="the catalog lives in the schemas pgtrickle, pgtrickle_changes and"
+                " pgtrickle_state",
                 hint=f'GRANT CREATE ON DATABASE ... TO "{facts.role}", or apply as its owner',
             )
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
@@ -236,6 +238,16 @@ def plan_apply(conn: psycopg.Connection[Any], decls: Declarations) -> ApplyPlan:
                     EffectKind.SLOT,
                     f'create logical replication slot "{SLOT_NAME}" (it keeps WAL until'
                     " `pgtrickle run` confirms it)",
+                )
+            )
+    for change in builds:
+        if change.plan is not None and change.plan.kept is not None:
+            schema, name = change.plan.kept.table
+            effects.append(
+                SideEffect(
+                    EffectKind.KEPT,
+                    f'create table "{schema}"."{name}" for {change.name}: every group of the'
+                    " aggregate under its LIMIT, of which it holds the first rows",
                 )
             )
     for table in new_sources.values():
@@ -584,6 +596,7 @@ def _check_unchanged_since_plan(conn: psycopg.Connection[Any], st: StreamTable) 
 
 def _drop(conn: psycopg.Connection[Any], st: StreamTable) -> None:
     _drop_table(conn, st.qualified_name, st.display_name)
+    drop_kept(conn, st.plan)
     conn.execute("DELETE FROM pgtrickle.stream_tables WHERE id = %s", (st.id,))
 
 
@@ -641,6 +654,8 @@ def _recreate(conn: psycopg.Connection[Any], change: Change, snapshot: str, lsn:
     build = _qualified(decl.schema, build_name)
     stored = change.stored
     assert stored is not None
+    # the old storage table does not read its kept table; a new one is created in its place
+    drop_kept(conn, st.plan)
     started = time.perf_counter()
     rows = create_storage(conn, build, stored, what=f'stream table "{change.name}"')
     populate_ms = (time.perf_counter() - started) * 1000.0

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dvm.kept import Kept
 from dvm.plan import ApplyStrategy, RefreshMode
 from dvm.stored import StoredPlan
 from dvm.zset import ROW_ID
@@ -46,9 +47,12 @@ def create_storage(
 
     ``what`` names the stream table in an error. Index it with ``index_storage`` after the
     rows are in (one bulk build) and, when it is built beside an old one, after it took the
-    old one's name (the index is named after the table).
+    old one's name (the index is named after the table). A plan with a kept table
+    (``dvm.kept``) has it created, filled and indexed first: the storage query reads it.
     """
     pin_storage_settings(conn, local=True)
+    if plan.kept is not None:
+        _create_kept(conn, plan.kept, what=what)
     # rendered by the compiler from the parsed query, never the text the user wrote
     storage_query = sql.SQL(plan.storage_query)
     conn.execute(sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(target, storage_query))
@@ -65,7 +69,13 @@ def index_storage(
 ) -> None:
     """Index the row ids: uniquely when deltas are applied by row id, which also proves that
     the ids are unique."""
-    unique = mode is RefreshMode.DIFFERENTIAL and plan.apply_strategy is ApplyStrategy.KEYED
+    unique = (
+        mode is RefreshMode.DIFFERENTIAL
+        and plan.apply_strategy is ApplyStrategy.KEYED
+        # a kept table's deltas are MERGEd into it; the stream table holds its first rows,
+        # which may repeat
+        and plan.kept is None
+    )
     try:
         conn.execute(
             sql.SQL("CREATE {} INDEX ON {} ({})").format(
@@ -79,16 +89,67 @@ def index_storage(
 def recompute(
     conn: psycopg.Connection[Any], target: sql.Composable, plan: StoredPlan, *, what: str
 ) -> int:
-    """Replace every row of ``target`` with the query's result (a FULL refresh)."""
+    """Replace every row of ``target`` with the query's result (a FULL refresh); the kept
+    table first, when the plan has one (the storage query reads it)."""
+    if plan.kept is not None:
+        kept = kept_name(plan.kept)
+        conn.execute(sql.SQL("DELETE FROM {}").format(kept))
+        _insert_computed(conn, kept, sql.SQL(plan.kept.storage_query), what=what)
     conn.execute(sql.SQL("DELETE FROM {}").format(target))
     return insert_all(conn, target, plan, what=what)
+
+
+def kept_name(kept: Kept) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(kept.table[0]), sql.Identifier(kept.table[1]))
+
+
+def _create_kept(conn: psycopg.Connection[Any], kept: Kept, *, what: str) -> None:
+    """The kept table, filled, with a unique index on its row ids (its deltas are MERGEd by
+    them) and one in the TopK's order (the first rows are its first entries)."""
+    target = kept_name(kept)
+    # rendered by the compiler from the parsed query, never the text the user wrote
+    query = sql.SQL(kept.storage_query)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    conn.execute(sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(target, query))
+    _insert_computed(conn, target, query, what=what)
+    try:
+        conn.execute(
+            sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(target, sql.Identifier(ROW_ID))
+        )
+    except psycopg.errors.UniqueViolation as error:
+        raise query_failed(what, error) from error
+    if kept.order is not None:
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} ({})").format(
+                target,
+                sql.SQL(", ").join(
+                    sql.SQL("{} {} NULLS {}").format(
+                        sql.Identifier(column),
+                        sql.SQL("DESC" if descending else "ASC"),
+                        sql.SQL("FIRST" if nulls_first else "LAST"),
+                    )
+                    for column, descending, nulls_first in kept.order
+                ),
+            )
+        )
+
+
+def drop_kept(conn: psycopg.Connection[Any], plan: StoredPlan) -> None:
+    """Drop the kept table of ``plan``, if it has one (with the stream table)."""
+    if plan.kept is not None:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(kept_name(plan.kept)))
 
 
 def insert_all(
     conn: psycopg.Connection[Any], target: sql.Composable, plan: StoredPlan, *, what: str
 ) -> int:
     # rendered by the compiler from the parsed query, never the text the user wrote
-    storage_query = sql.SQL(plan.storage_query)
+    return _insert_computed(conn, target, sql.SQL(plan.storage_query), what=what)
+
+
+def _insert_computed(
+    conn: psycopg.Connection[Any], target: sql.Composable, storage_query: sql.SQL, *, what: str
+) -> int:
     computed = sql.Identifier("pg_temp", COMPUTED)
     try:
         # PostgreSQL plans an INSERT … SELECT without parallel workers, and CREATE TABLE AS

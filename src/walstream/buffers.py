@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from dvm.catalog import SourceTable
+from dvm.relevance import bound
 from dvm.rules.scan import delta_relation
 from dvm.sql import BYTEWISE_TYPES, FAITHFUL_TYPES, groupable, is_numeric
 from dvm.zset import WEIGHT
@@ -233,11 +234,19 @@ def window_query(
 
 
 def staging_query(
-    source: CapturedSource, window: sql.Composable, columns_read: Sequence[str] | None
+    source: CapturedSource,
+    window: sql.Composable,
+    columns_read: Sequence[str] | None,
+    relevant: str | None = None,
 ) -> sql.Composed:
     """Buffer rows in ``window`` as weighted rows ``(w, c..)`` of the columns read (None:
     all), netted: one row per value of those columns with the sum of its weights, none where
     that sum is 0. Their order is that of ``staged_columns``.
+
+    ``relevant``: the condition (``dvm.relevance``, over the source's column names) a row
+    version must meet to be staged at all; the others cannot change what the query shows.
+    It is tested before netting (it cannot fail on any value, and both versions of a pair
+    that cancels have the same values), so the netting has fewer rows to hash.
 
     Netting is what keeps a refresh from evaluating a row version that no snapshot of the
     query sees: ``UPDATE t SET d = 0`` then ``SET d = 1`` stages no row with ``d = 0``. An
@@ -268,10 +277,12 @@ def staging_query(
     )
 
     def side(weight: int, values: list[str], action: BufferAction) -> sql.Composed:
+        condition = _relevant(source, values, relevant)
         return sql.SQL(
             "SELECT {weight}{values} FROM {buffer} b WHERE {window}"
-            " AND (b.action = {action} OR b.action = {update} AND ({changed}))"
+            " AND (b.action = {action} OR b.action = {update} AND ({changed})){condition}"
         ).format(
+            condition=sql.SQL(" AND ({})").format(condition) if condition else sql.SQL(""),
             weight=sql.Literal(weight),
             values=sql.SQL("").join(
                 sql.SQL(", b.{}").format(sql.Identifier(values[i])) for i in read
@@ -323,6 +334,19 @@ def staging_query(
         union=union,
         identity=identity if read else sql.SQL("0"),
     )
+
+
+def _relevant(
+    source: CapturedSource, values: list[str], condition: str | None
+) -> sql.Composable | None:
+    """``condition`` over the buffer columns ``values`` (old or new) of alias ``b``; None
+    without one, or when it reads a column the buffer no longer holds (then every change is
+    staged, which is always right)."""
+    if condition is None:
+        return None
+    text = bound(condition, "b", tuple(zip(source.columns, values, strict=True)))
+    # rendered by the compiler from a parsed condition, never text the user wrote
+    return sql.SQL(text) if text is not None else None
 
 
 def _read_positions(source: CapturedSource, columns_read: Sequence[str] | None) -> list[int]:

@@ -255,6 +255,17 @@ class Maintained:
         """The sources whose staged delta has rows (set by ``stage``)."""
         self.applied = ""
         """The last apply statement run."""
+        kept = self.plan.kept
+        if kept is not None:
+            # the stream table's storage query reads the kept aggregate: made first
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(kept.table[0]))
+            )
+            conn.execute(
+                sql.SQL("CREATE TABLE {0} AS {1} WITH NO DATA; INSERT INTO {0} {1}").format(
+                    sql.Identifier(*kept.table), sql.SQL(kept.storage_query)
+                )
+            )
         conn.execute(
             sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
                 self.storage,
@@ -326,6 +337,14 @@ class Maintained:
                         (weight, ctid),
                     )
             self._net(delta, self.plan.columns_read.get(source.oid, ()))
+            relevant = self.plan.staging_filters.get(source.oid)
+            if relevant is not None:
+                # as the service stages: only the changes that can matter
+                self.conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE NOT coalesce(({}), false)").format(
+                        delta, sql.SQL(relevant)
+                    )
+                )
             row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(delta)).fetchone()
             count = int(row[0]) if row else 0
             staged += count
@@ -387,6 +406,9 @@ class Maintained:
                 row = self.conn.execute(sql.SQL(self.plan.guard_query)).fetchone()
                 guard = bool(row and row[0])
             cursor = self.conn.execute(sql.SQL(self.statement()))
+            if self.plan.kept is not None:
+                # the delta went into the kept aggregate: the stream table is its first rows
+                cursor = self.conn.execute(sql.SQL(self.plan.kept.top_sql))
             counts = cursor.fetchone() if cursor.description is not None else None
             # a TopK's apply statement evaluates the guard itself: (deleted, inserted, valid)
             applied = counts is None or len(counts) < 3 or bool(counts[2])
@@ -422,12 +444,26 @@ class Maintained:
             sql.SQL(self.plan.storage_query)
         )
         self._same(full, recomputed, f"{when}: storage vs storage_query (row ids, aux)")
+        keyed = self.storage
+        kept = self.plan.kept
+        if kept is not None:
+            keyed = sql.Identifier(*kept.table)
+            columns = sql.SQL(", ").join(
+                map(sql.Identifier, kept.hidden_columns[:1] + kept.columns + kept.aux_columns)
+            )
+            self._same(
+                sql.SQL("SELECT (ROW({})::text) AS r FROM {}").format(columns, keyed),
+                sql.SQL("SELECT (ROW(q.*)::text) AS r FROM ({}\n) AS q").format(
+                    sql.SQL(kept.storage_query)
+                ),
+                f"{when}: the kept aggregate vs its storage_query (row ids, aux)",
+            )
         if self.plan.apply_strategy is ApplyStrategy.KEYED:
             duplicates = self.conn.execute(
                 sql.SQL(
                     "SELECT count(*) FROM (SELECT __pgt_row_id FROM {} GROUP BY 1"
                     " HAVING count(*) > 1) AS d"
-                ).format(self.storage)
+                ).format(keyed)
             ).fetchone()
             assert duplicates == (0,), f"{when}: duplicate row ids in keyed storage"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 from psycopg import sql
@@ -72,6 +73,14 @@ def test_a_restart_buffers_nothing_twice(db: Database) -> None:
     read_until_now(db.dsn)
     # the slot forgets the confirmation (as if the daemon died before sending it)
     with psycopg.connect(db.dsn, autocommit=True) as conn:
+        # the stopped reader's walsender lets go of the slot a moment after it disconnects
+        for _ in range(200):
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (SLOT_NAME,)
+            ).fetchone()
+            if row is None or not row[0]:
+                break
+            time.sleep(0.05)
         conn.execute("SELECT pg_drop_replication_slot(%s)", (SLOT_NAME,))
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT_NAME,))
         conn.execute("INSERT INTO t VALUES (2, 'b', NULL)")
