@@ -41,7 +41,7 @@ from dvm.kept import keeps, kept_table
 from dvm.operators import Aggregate, Relation, TopK
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from dvm.reason import Reason, summary
-from dvm.relevance import relevant_rows
+from dvm.relevance import reduced_rows, relevant_rows
 from dvm.resolve import NotDifferentiable, Resolved, check_output_names, resolve
 from dvm.rules import derive, relation, rows
 from dvm.rules.scan import KEY_LOOKUP, delta_relation
@@ -210,6 +210,11 @@ def _differential(
         guard_query=None if guarding is None else render(guarding),
         indexed_deltas=indexed,
         staging_filters=MappingProxyType(relevant_rows(root)),
+        reduced_filters=MappingProxyType(
+            {}
+            if changed is None
+            else reduced_rows(root, frozenset(s.oid for s in resolved.sources) - changed)
+        ),
         kept=keeping,
     )
 

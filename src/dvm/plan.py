@@ -89,6 +89,11 @@ class DeltaPlan:
     staging_filters: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     """Source oid -> the condition (over its bare column names) a changed row must meet to be
     staged: the others cannot change what the query shows (``dvm.relevance``)."""
+    reduced_filters: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    """For a plan compiled for one refresh (``compile_query``'s ``changed``): source oid ->
+    the condition a staged row must meet, given which sources did not change, with
+    subqueries over them (``dvm.relevance.reduced_rows``); it holds at the refresh's
+    snapshot only."""
     kept: Kept | None = None
     """A TopK over an aggregate: the aggregate of every group, kept in a hidden table that
     the delta is applied to (``dvm.kept``); the stream table is then made its first rows."""

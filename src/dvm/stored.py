@@ -227,15 +227,26 @@ def _kept_from_json(data: Mapping[str, Any]) -> Kept:
     )
 
 
+@dataclass(frozen=True)
+class RefreshStatement:
+    """What a refresh in which only some sources changed runs (``refresh_apply_sql``)."""
+
+    apply_sql: str
+    indexed_deltas: frozenset[int]
+    """The sources whose staged delta it reads from the indexed temp table."""
+    reduced_filters: Mapping[int, str]
+    """Source oid -> the condition a staged row must meet at the refresh's snapshot, given
+    the sources that did not change (``dvm.relevance.reduced_rows``)."""
+
+
 def refresh_apply_sql(
     plan: StoredPlan, query: str, storage: tuple[str, str], changed: frozenset[int]
-) -> tuple[str, frozenset[int]] | None:
+) -> RefreshStatement | None:
     """The apply statement for one refresh in which only the sources ``changed`` (oids)
     staged rows: the delta of ``query`` (as declared: the normalized text may name its
-    outputs otherwise) compiled again for them (``compile_query``'s ``changed``), and the
-    sources whose staged delta it reads from the indexed temp table. None when the plan
-    cannot be compiled again as it was (no facts stored, or this compiler makes another
-    storage of them): then the stored ``apply_sql`` serves."""
+    outputs otherwise) compiled again for them (``compile_query``'s ``changed``). None when
+    the plan cannot be compiled again as it was (no facts stored, or this compiler makes
+    another storage of them): then the stored ``apply_sql`` serves."""
     if plan.catalog is None or plan.apply_sql is None or plan.guard_query is not None:
         return None
     try:
@@ -250,4 +261,6 @@ def refresh_apply_sql(
         and again.hidden_columns == plan.hidden_columns
         and again.apply_strategy is plan.apply_strategy
     )
-    return (again.apply_sql(), again.indexed_deltas) if same else None
+    if not same:
+        return None
+    return RefreshStatement(again.apply_sql(), again.indexed_deltas, again.reduced_filters)

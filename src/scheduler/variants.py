@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import structlog
 
@@ -31,6 +33,9 @@ class ApplyStatement:
     """Compiled for the sources that changed; else the stored statement."""
     indexed: frozenset[int] | None
     """The sources whose staged delta it reads from the indexed temp table (None: all)."""
+    reduced: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Source oid -> the condition a staged row must meet at the refresh's snapshot (see
+    ``dvm.stored.RefreshStatement``); none for the stored statement."""
 
     def reads_indexed(self, oid: int) -> bool:
         return self.indexed is None or oid in self.indexed
@@ -80,7 +85,9 @@ class ApplyStatements:
         )
         plan = st.plan
         statement = (
-            ApplyStatement(compiled[0], True, compiled[1])
+            ApplyStatement(
+                compiled.apply_sql, True, compiled.indexed_deltas, compiled.reduced_filters
+            )
             if compiled is not None
             else ApplyStatement(
                 stored,

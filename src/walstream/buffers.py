@@ -238,6 +238,34 @@ def staging_query(
     window: sql.Composable,
     columns_read: Sequence[str] | None,
     relevant: str | None = None,
+    reduced: str | None = None,
+    *,
+    hashed: bool = False,
+) -> sql.Composed:
+    """``_netted``, and with ``reduced`` (a condition with subqueries over other tables,
+    ``dvm.relevance.reduced_rows``: which rows can matter at the snapshot of the statement)
+    only its netted rows that meet it. The condition is tested once, on the netted rows (a
+    fence keeps the planner from pushing it into both scans); ``hashed``: its subqueries
+    each run once, their values hashed (see ``dvm.relevance.bound``)."""
+    netted = _netted(source, window, columns_read, relevant)
+    if reduced is None:
+        return netted
+    read = _read_positions(source, columns_read)
+    text = bound(reduced, "s", tuple((source.columns[i], f"c{i}") for i in read), hashed=hashed)
+    if text is None:
+        return netted
+    names = sql.SQL(", ").join([sql.Identifier(WEIGHT), *(sql.Identifier(f"c{i}") for i in read)])
+    # rendered by the compiler from a parsed condition, never text the user wrote
+    return sql.SQL("SELECT s.* FROM ({} OFFSET 0) AS s({}) WHERE {}").format(
+        netted, names, sql.SQL(text)
+    )
+
+
+def _netted(
+    source: CapturedSource,
+    window: sql.Composable,
+    columns_read: Sequence[str] | None,
+    relevant: str | None,
 ) -> sql.Composed:
     """Buffer rows in ``window`` as weighted rows ``(w, c..)`` of the columns read (None:
     all), netted: one row per value of those columns with the sum of its weights, none where
@@ -422,6 +450,20 @@ def insert_into_staging(table: Staging, query: sql.Composable) -> sql.Composed:
     """``INSERT`` of a ``staging_query``'s rows into the temp table, by the session that
     owns it."""
     return sql.SQL("INSERT INTO {} ({}) {}").format(table.name, table.columns, query)
+
+
+def reduce_staging(table: Staging, condition: str, *, hashed: bool = False) -> sql.Composed | None:
+    """``DELETE`` of the staged rows that fail ``condition`` (``staging_query``'s
+    ``reduced``, ``hashed`` alike) from the temp table (none when it reads a column the
+    table does not stage)."""
+    columns = staged_columns(table.source, table.read)[1:]
+    text = bound(condition, "d", tuple((c, c) for c in columns), hashed=hashed)
+    if text is None:
+        return None
+    # rendered by the compiler from a parsed condition, never text the user wrote
+    return sql.SQL("DELETE FROM {} AS d WHERE NOT coalesce(({}), false)").format(
+        table.name, sql.SQL(text)
+    )
 
 
 def analyze_staging(table: Staging) -> sql.Composed:

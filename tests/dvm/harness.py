@@ -255,6 +255,8 @@ class Maintained:
         """The sources whose staged delta has rows (set by ``stage``)."""
         self.applied = ""
         """The last apply statement run."""
+        self.reduced = 0
+        """Staged rows dropped by the conditions over unchanged sources (``_reduce``)."""
         kept = self.plan.kept
         if kept is not None:
             # the stream table's storage query reads the kept aggregate: made first
@@ -374,8 +376,25 @@ class Maintained:
             plan = compile_query(
                 self.query, self.plan.catalog, ("public", self.name), changed=self.changed
             )
+            self._reduce(plan)
             self.applied = f"-- compiled for the sources {sorted(self.changed)}\n{plan.apply_sql()}"
         return self.applied
+
+    def _reduce(self, plan: DeltaPlan) -> None:
+        """As the service stages for a statement compiled for the sources that changed:
+        only the rows that meet its conditions over the unchanged ones, at this state."""
+        for source in self.plan.sources:
+            condition = plan.reduced_filters.get(source.oid)
+            if condition is None:
+                continue
+            for indexed in (True, False):
+                cursor = self.conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE NOT coalesce(({}), false)").format(
+                        sql.Identifier("pg_temp", delta_relation(source, indexed=indexed)),
+                        sql.SQL(condition),
+                    )
+                )
+                self.reduced += max(cursor.rowcount, 0) if indexed else 0
 
     def _net(self, delta: sql.Identifier, columns: Sequence[str]) -> None:
         """Net the staged rows per value of the columns read, as the staging does."""

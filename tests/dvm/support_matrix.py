@@ -114,7 +114,11 @@ CONSTRUCTS: list[tuple[str, str, str]] = [
     ("DISTINCT and set operations", "EXCEPT", "except"),
     ("DISTINCT and set operations", "EXCEPT ALL", "except_all"),
     ("TopK", "ORDER BY … LIMIT k (validated at each refresh, else recomputed)", "top_k"),
-    ("TopK", "ORDER BY … LIMIT k over an aggregate", "top_k_aggregate"),
+    (
+        "TopK",
+        "ORDER BY … LIMIT k over an aggregate (every group kept: never recomputed)",
+        "top_k_aggregate",
+    ),
     ("TopK", "ORDER BY … LIMIT k OFFSET m (validated likewise)", "top_k_offset"),
     (
         "TopK",

@@ -83,7 +83,7 @@ def test_a_refresh_in_which_one_source_changed_reads_the_other_as_its_table() ->
     assert customers_before in joined.apply_sql
     compiled = refresh_apply_sql(joined, JOIN, ("public", "st"), frozenset({ORDERS.oid}))
     assert compiled is not None
-    only_orders, indexed = compiled
+    only_orders, indexed = compiled.apply_sql, compiled.indexed_deltas
     assert customers_before not in only_orders
     assert '"pg_temp"."__pgt_delta_16390' not in only_orders  # nor the empty delta
     # nothing looks the orders' delta up by key: it is read from the plain temp table
@@ -97,7 +97,7 @@ def test_a_refresh_of_two_changed_sources_subtracts_the_product_of_their_deltas(
         joined, JOIN, ("public", "st"), frozenset({ORDERS.oid, CUSTOMERS.oid})
     )
     assert compiled is not None
-    both, _ = compiled
+    both = compiled.apply_sql
     assert '-("o"."__pgt_w" * "c"."__pgt_w")' in both
     assert "UNION ALL" in both and "NOT EXISTS" not in both  # no state before the refresh
 
@@ -110,6 +110,24 @@ def test_a_plan_without_facts_or_compiled_otherwise_keeps_its_stored_statement()
     assert refresh_apply_sql(older, JOIN, ("public", "st"), frozenset({ORDERS.oid})) is None
     renamed = "SELECT o.id AS key, o.status FROM orders o JOIN customers c ON c.id = o.id"
     assert refresh_apply_sql(plan(JOIN), renamed, ("public", "st"), frozenset()) is None
+
+
+def test_a_refresh_stages_of_a_changed_source_only_rows_its_unchanged_partner_can_match() -> None:
+    query = (
+        "SELECT o.id, c.id AS customer FROM orders o JOIN customers c ON c.id = o.id"
+        " WHERE o.status = 'paid' AND c.id > 10"
+    )
+    compiled = refresh_apply_sql(plan(query), query, ("public", "st"), frozenset({ORDERS.oid}))
+    assert compiled is not None
+    assert dict(compiled.reduced_filters) == {
+        ORDERS.oid: '"status" = \'paid\' AND "id" IN (SELECT "__pgt_r1"."id"'
+        ' FROM "public"."customers" AS "__pgt_r1" WHERE "__pgt_r1"."id" > 10)'
+    }
+    # both changed: neither can say which of the other's rows matter
+    both = refresh_apply_sql(
+        plan(query), query, ("public", "st"), frozenset({ORDERS.oid, CUSTOMERS.oid})
+    )
+    assert both is not None and dict(both.reduced_filters) == {}
 
 
 def test_a_plan_says_which_staged_deltas_its_statement_reads_from_the_indexed_tables() -> None:
