@@ -6,6 +6,9 @@
 - tpch: TPC-H queries refreshed differentially, fully, by auto and by REFRESH MATERIALIZED
   VIEW after 0.1%, 1% and 10% changed orders, and differentially at two scales. It takes
   more than an hour at scale 1, so `all` leaves it out: run it on its own.
+- floor: the least work any differential refresh of Q1, Q3, Q5, Q10 and Q18 must do (the
+  changed rows read once and joined by index, nothing else), beside REFRESH MATERIALIZED
+  VIEW, at 1% changed orders (``--shares``); not in `all` either.
 
 Each runs on a private cluster it starts and removes.
 """
@@ -24,7 +27,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from benchmarks import decode_bench, tpch_bench
+from benchmarks import decode_bench, floor_bench, tpch_bench
 from pgtrickle import logs
 from pgtrickle.declarations import parse_declarations
 from pgtrickle.dev.cluster import LocalCluster, stop_on_termination, temporary_cluster
@@ -203,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["latency", "refresh", "decode", "tpch", "all"]
+        "which",
+        nargs="?",
+        default="all",
+        choices=["latency", "refresh", "decode", "tpch", "floor", "all"],
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="latency run length")
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
@@ -219,8 +225,10 @@ def _main(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--shares",
-        default=",".join(f"{s:g}" for s in tpch_bench.SHARES),
-        help="tpch shares of orders changed, comma-separated",
+        default=None,
+        help="tpch and floor: shares of orders changed, comma-separated (tpch: "
+        + ",".join(f"{s:g}" for s in tpch_bench.SHARES)
+        + "; floor: 0.01)",
     )
     parser.add_argument(
         "--no-scale-check", action="store_true", help="tpch: skip the scale/10 comparison"
@@ -240,12 +248,17 @@ def _main(argv: list[str] | None) -> int:
             args.scale,
             args.repeats,
             [q.strip() for q in args.queries.split(",") if q.strip()],
-            [float(s) for s in args.shares.split(",")],
+            [float(s) for s in (args.shares or ",".join(map(str, tpch_bench.SHARES))).split(",")],
             scale_check=not args.no_scale_check,
             limit_s=args.limit,
             shared_buffers=args.shared_buffers,
         )
         print(tpch_bench.markdown(report))
+        return 0
+    if args.which == "floor":
+        shares = [float(s) for s in args.shares.split(",")] if args.shares else [0.01]
+        rows = floor_bench.run(args.scale, shares, args.repeats)
+        print(floor_bench.markdown(rows))
         return 0
     print(
         f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()}: "

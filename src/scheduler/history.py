@@ -36,6 +36,9 @@ class RefreshResult:
     stream_table: StreamTable
     """The catalog row the refresh ran against (reloaded if the declaration changed)."""
     delta_rows: int = 0
+    """The changed rows staged and applied (only those that can matter)."""
+    window_rows: int | None = None
+    """The changed rows counted in the window before staging: what ``auto`` decides by."""
     rows_changed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
@@ -52,10 +55,10 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
     t = result.timings
     conn.execute(
         "INSERT INTO pgtrickle.refresh_history (stream_table_id, action, status, started_at,"
-        " finished_at, frontier_lsn, delta_rows, rows_changed, snapshot_ms, wait_ms,"
-        " stage_ms, apply_ms, commit_ms, total_ms, reason) VALUES (%s, %s, %s,"
+        " finished_at, frontier_lsn, delta_rows, window_rows, rows_changed, snapshot_ms,"
+        " wait_ms, stage_ms, apply_ms, commit_ms, total_ms, reason) VALUES (%s, %s, %s,"
         " clock_timestamp() - make_interval(secs => %s / 1000.0), clock_timestamp(),"
-        " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             st_id,
             result.action.value,
@@ -63,6 +66,7 @@ def record_refresh(conn: psycopg.Connection[Any], st_id: int, result: RefreshRes
             t.get("total_ms", 0.0),
             format_lsn(result.frontier_lsn),
             result.delta_rows,
+            result.window_rows,
             result.rows_changed,
             t.get("snapshot_ms"),
             t.get("wait_ms"),
@@ -123,8 +127,10 @@ class Measured:
 
 def measured(conn: psycopg.Connection[Any], st_id: int) -> Measured:
     rows = conn.execute(
-        # a differential refresh costs its staging too (a recomputation by auto stages nothing)
-        "SELECT action, delta_rows, apply_ms + CASE WHEN action = %s"
+        # a differential refresh costs its staging too (a recomputation by auto stages
+        # nothing); its cost is per row of the window, which auto counts before it decides
+        # (only some of them are staged, those that can matter)
+        "SELECT action, coalesce(window_rows, delta_rows), apply_ms + CASE WHEN action = %s"
         " THEN coalesce(stage_ms, 0) ELSE 0 END FROM pgtrickle.refresh_history"
         " WHERE stream_table_id = %s AND status = %s AND apply_ms IS NOT NULL"
         " ORDER BY id DESC LIMIT 50",

@@ -357,6 +357,7 @@ class Refresher:
             else self._window(st, sources, snapshot, frontier, cap)
         )
         truncated, expected = window.truncated, window.rows
+        result.window_rows = expected
         reason = (
             _auto_reason(costs, expected, window.capped)
             if costs is not None and expected and (window.capped or not truncated)

@@ -134,3 +134,25 @@ def test_a_close_call_is_measured_again_after_ten_recomputations(
     result = refresher.refresh(get_stream_table(refresher.staging, "paid"))
     assert result.action is expected
     assert mismatched(db.dsn) == {}
+
+
+def test_costs_are_measured_per_row_of_the_window_so_filtered_changes_do_not_mislead_it(
+    refresher: Refresher, db: Database
+) -> None:
+    """The refresh counts the window's rows before it stages the ones that can matter
+    (``status = 'paid'`` here): its measured cost is per row counted, as its decision."""
+    st = get_stream_table(refresher.staging, "paid")
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE status <> 'paid'")
+        conn.execute(
+            "UPDATE orders SET amount = amount + 1"
+            " WHERE id = (SELECT min(id) FROM orders WHERE status = 'paid')"
+        )
+    result = refresher.refresh(st)
+    assert result.action is RefreshAction.DIFFERENTIAL
+    assert result.window_rows is not None and result.window_rows > 2 * result.delta_rows
+    with psycopg.connect(db.dsn) as conn:
+        row = conn.execute(
+            "SELECT window_rows, delta_rows FROM pgtrickle.refresh_history ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert row == (result.window_rows, result.delta_rows)

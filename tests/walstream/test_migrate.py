@@ -68,6 +68,7 @@ def test_a_catalog_and_plans_of_the_first_release_are_upgraded_and_keep_refreshi
         # reasons are "construct: why" strings
         conn.execute("ALTER TABLE pgtrickle.stream_tables DROP COLUMN revision")
         conn.execute("ALTER TABLE pgtrickle.refresh_history DROP COLUMN reason")
+        conn.execute("ALTER TABLE pgtrickle.refresh_history DROP COLUMN window_rows")
         conn.execute("DROP SCHEMA pgtrickle_state")
         conn.execute("DELETE FROM pgtrickle.schema_migrations WHERE version >= 2")
         conn.execute(
@@ -76,7 +77,7 @@ def test_a_catalog_and_plans_of_the_first_release_are_upgraded_and_keep_refreshi
             " '[]') FROM jsonb_array_elements(plan->'reasons') r))"
         )
         conn.execute("UPDATE orders SET status = 'paid' WHERE id <= 20")
-    assert [m.version for m in migrate(db.dsn)] == [2, 3, 4]
+    assert [m.version for m in migrate(db.dsn)] == [2, 3, 4, 5]
     with psycopg.connect(db.dsn) as conn:
         tables = {st.name: st for st in list_stream_tables(conn)}
     assert {st.revision for st in tables.values()} == {1}
