@@ -42,10 +42,16 @@ class _Argument:
     scales: tuple[int, ...] = ()
     """Several possible scales of a numeric argument: a count of values per scale is kept for
     each but the smallest, so that the sum shows the scale PostgreSQL's would."""
+    open_scale: bool = False
+    """A numeric argument of any scale: the counts per scale are kept in a map (jsonb)."""
 
     @property
     def scale_counts(self) -> list[tuple[int, str]]:
         return [(scale, f"__pgt_sc{self.number}_{scale}") for scale in self.scales[1:]]
+
+    @property
+    def scale_map(self) -> str:
+        return f"__pgt_scm_{self.number}"
 
     @property
     def sum(self) -> str:
@@ -118,6 +124,7 @@ def _arguments(node: Aggregate) -> list[_Argument]:
             call.argument,
             summed or bool(previous and previous.summed),
             call.scales or (previous.scales if previous else ()),
+            call.open_scale or bool(previous and previous.open_scale),
         )
     return list(found.values())
 
@@ -130,6 +137,8 @@ def aux_columns(node: Aggregate) -> tuple[str, ...]:
     for argument in _arguments(node):
         columns.extend([argument.sum, argument.nonnull] if argument.summed else [argument.nonnull])
         columns.extend(name for _, name in argument.scale_counts)
+        if argument.summed and argument.open_scale:
+            columns.append(argument.scale_map)
     columns.extend(extreme.value for extreme in _extremes(node))
     return tuple(columns)
 
@@ -166,6 +175,8 @@ def storage_query(node: Aggregate, input: DerivedRows) -> exp.Select:
             for scale, name in argument.scale_counts:
                 counted = _of_scale(argument.expression, scale, sql.lit(1))
                 columns.append(sql.alias(exp.Count(this=counted), name))
+            if argument.summed and argument.open_scale:
+                columns.append(sql.alias(_scales_of(argument.expression), argument.scale_map))
         for extreme in _extremes(node):
             columns.append(sql.alias(extreme.of(extreme.expression.copy()), extreme.value))
     return grouped(node, input.new, columns)
@@ -283,6 +294,8 @@ def _delta_per_group(
         for scale, name in argument.scale_counts:
             per_scale = sql.coalesce_zero(exp.Sum(this=_of_scale(x, scale, weight.copy())))
             columns.append(sql.alias(per_scale, _delta_name(name)))
+        if argument.summed and argument.open_scale:
+            columns.append(sql.alias(_scales_of(x, weight), _delta_name(argument.scale_map)))
     for extreme in extremes:
         value = sql.col(None, f"__pgt_e{extreme.number}")
         for name, sign in (
@@ -335,6 +348,17 @@ def _new_state(
             columns.append(sql.alias(counts[name].copy(), name))
             changed.append(_nonzero(added_count.copy()))
         total = _scaled(argument, exp.paren(total), counts)
+        if argument.open_scale:
+            merged = _merged_scales(
+                sql.col("s", argument.scale_map), delta(_delta_name(argument.scale_map))
+            )
+            columns.append(sql.alias(merged, argument.scale_map))
+            changed.append(
+                exp.Not(
+                    this=exp.Is(this=delta(_delta_name(argument.scale_map)), expression=exp.Null())
+                )
+            )
+            total = sql.func("ROUND", total, _largest_scale(merged.copy()))
         none_left = exp.EQ(this=nonnull.copy(), expression=sql.lit(0))
         new_sum = exp.Case(ifs=[exp.If(this=none_left, true=exp.Null())], default=total)
         columns.append(sql.alias(new_sum, argument.sum))
@@ -448,6 +472,77 @@ def _indicator(call: AggregateCall) -> exp.Expr:
     value = call.argument.copy()
     test = exp.Not(this=exp.paren(value)) if call.name == "bool_and" else value
     return exp.Case(ifs=[exp.If(this=test, true=sql.lit(1))])
+
+
+def _scales_of(value: exp.Expr, weight: exp.Expr | None = None) -> exp.Expr:
+    """An aggregate: the map (jsonb) of the scales of the non-null ``value``s to how many
+    there are (weighted by ``weight``: a delta's net count per scale), none where the count
+    is 0; NULL for no values.
+
+    The scales are collected by ``array_agg`` and counted in a subquery of the group, since
+    an aggregate cannot hold another."""
+    scales = sql.func("ARRAY_AGG", sql.func("SCALE", value.copy()))
+    arrays = [scales] if weight is None else [scales, sql.func("ARRAY_AGG", weight.copy())]
+    names = ["s"] if weight is None else ["s", "n"]
+    pairs = exp.Table(
+        this=sql.func("UNNEST", *arrays),
+        alias=exp.TableAlias(this=sql.ident("__pgt_u"), columns=[sql.ident(n) for n in names]),
+    )
+    net = exp.Count(this=exp.Star()) if weight is None else exp.Sum(this=sql.col("__pgt_u", "n"))
+    counted = (
+        exp.select(sql.col("__pgt_u", "s"), sql.alias(net, "n"))
+        .from_(pairs)
+        .where(exp.Not(this=exp.Is(this=sql.col("__pgt_u", "s"), expression=exp.Null())))
+        .group_by(sql.col("__pgt_u", "s"))
+        .having(exp.NEQ(this=net.copy(), expression=sql.lit(0)))
+    )
+    as_map = exp.select(
+        sql.func("JSONB_OBJECT_AGG", sql.col("__pgt_c", "s"), sql.col("__pgt_c", "n"))
+    ).from_(counted.subquery(sql.ident("__pgt_c")))
+    return as_map.subquery()
+
+
+def _merged_scales(old: exp.Expr, added: exp.Expr) -> exp.Expr:
+    """The counts per scale of ``old`` plus ``added`` (maps of ``_scales_of``), none where
+    the sum is 0; NULL when none is left."""
+
+    def entries(value: exp.Expr) -> exp.Select:
+        each = exp.Table(
+            this=sql.func(
+                "JSONB_EACH_TEXT",
+                exp.Coalesce(this=value, expressions=[sql.cast(sql.lit("{}"), "jsonb")]),
+            ),
+            alias=exp.TableAlias(
+                this=sql.ident("__pgt_e"), columns=[sql.ident("k"), sql.ident("v")]
+            ),
+        )
+        return exp.select(
+            sql.col("__pgt_e", "k"), sql.alias(sql.cast(sql.col("__pgt_e", "v"), "bigint"), "v")
+        ).from_(each)
+
+    both = exp.union(entries(old), entries(added), distinct=False)
+    net = exp.Sum(this=sql.col("__pgt_b", "v"))
+    counted = (
+        exp.select(sql.col("__pgt_b", "k"), sql.alias(net, "v"))
+        .from_(both.subquery(sql.ident("__pgt_b")))
+        .group_by(sql.col("__pgt_b", "k"))
+        .having(exp.NEQ(this=net.copy(), expression=sql.lit(0)))
+    )
+    return (
+        exp.select(sql.func("JSONB_OBJECT_AGG", sql.col("__pgt_m", "k"), sql.col("__pgt_m", "v")))
+        .from_(counted.subquery(sql.ident("__pgt_m")))
+        .subquery()
+    )
+
+
+def _largest_scale(scales: exp.Expr) -> exp.Expr:
+    """The largest scale with a count in a map of ``_scales_of`` (NULL for none)."""
+    keys = exp.Table(
+        this=sql.func("JSONB_OBJECT_KEYS", scales),
+        alias=exp.TableAlias(this=sql.ident("__pgt_k"), columns=[sql.ident("k")]),
+    )
+    largest = exp.Max(this=sql.cast(sql.col("__pgt_k", "k"), "integer"))
+    return exp.select(largest).from_(keys).subquery()
 
 
 def _delta_name(name: str) -> str:

@@ -103,8 +103,16 @@ def classify(node: exp.Expr, query: str, type_of: TypeOf) -> AggregateCall:
         return rescan(f"{name} over {what} is inexact")
     possible = scales(argument, type_of)
     if possible is None:
-        # a numeric sum shows the largest scale of the values summed (0 + 1.50 is 1.50)
-        return rescan(f"{name} over numeric values of unknown scale")
+        # a numeric sum shows the largest scale of the values summed (0 + 1.50 is 1.50):
+        # which scales are left after a delete is known from a count of values per scale
+        return AggregateCall(
+            name,
+            node,
+            argument,
+            AggregateClass.ALGEBRAIC_VIA_AUX,
+            "numeric values of any scale: a count per scale kept beside it",
+            open_scale=True,
+        )
     if len(possible) > 1:
         # which scales are left after a delete is known from a count of values per scale
         listed = " and ".join(map(str, sorted(possible)))

@@ -139,6 +139,9 @@ class AggregateCall:
     """Why this class: shown by ``explain`` beside the class."""
     scales: tuple[int, ...] = ()
     """For a numeric sum whose values have one of several scales: those scales, ascending."""
+    open_scale: bool = False
+    """A numeric sum whose values can have any scale (a ``numeric`` without one): a count of
+    values per scale is kept in a map beside it."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -130,6 +130,20 @@ SPECS = {
         keyed=False,
         initial_rows=15,
     ),
+    "ledger": TableSpec(
+        "ledger",
+        "CREATE TABLE ledger (id integer PRIMARY KEY, g integer, v numeric)",
+        {
+            "g": lambda r: _maybe_null(r, r.randint(1, 3)),
+            # numerics of any scale: a sum shows the largest scale among its values
+            "v": lambda r: _maybe_null(
+                r, Decimal(r.randint(-300, 300)).scaleb(-r.randint(0, 3)), chance=0.1
+            ),
+        },
+        keyed=True,
+        initial_rows=12,
+        ids=30,
+    ),
     "Odd Table": TableSpec(
         "Odd Table",
         'CREATE TABLE "Odd Table" ("Id" integer PRIMARY KEY, "Grp" text, "select" integer)',

@@ -78,6 +78,11 @@ CONSTRUCTS: list[tuple[str, str, str]] = [
         "group_count_sum_avg",
     ),
     ("Aggregates", "GROUP BY over a keyless source", "group_keyless"),
+    (
+        "Aggregates",
+        "sum and avg of a numeric of any scale (a count per scale kept)",
+        "group_sum_of_any_scale",
+    ),
     ("Aggregates", "GROUP BY an expression or an ordinal", "group_expression"),
     ("Aggregates", "aggregate over a join", "join_aggregate"),
     ("Aggregates", "aggregate over a join of keyless sources (USING)", "join_aggregate_keyless"),
@@ -119,6 +124,7 @@ CONSTRUCTS: list[tuple[str, str, str]] = [
         "ORDER BY … LIMIT k over an aggregate (every group kept: never recomputed)",
         "top_k_aggregate",
     ),
+    ("TopK", "… over a sum of a numeric of any scale", "top_sum_of_any_scale"),
     ("TopK", "ORDER BY … LIMIT k OFFSET m (validated likewise)", "top_k_offset"),
     (
         "TopK",

@@ -52,6 +52,16 @@ SHAPES = {
         " avg(heavy) FROM orders GROUP BY cid",
         ["orders"],
     ),
+    "group_sum_of_any_scale": (
+        "SELECT g, count(*) AS n, sum(v) AS total, avg(v) AS mean, sum(v) FILTER"
+        " (WHERE v > 0) AS gains FROM ledger GROUP BY g",
+        ["ledger"],
+    ),
+    "top_sum_of_any_scale": (
+        "SELECT g, sum(v) AS total FROM ledger GROUP BY g ORDER BY total DESC NULLS LAST, g"
+        " LIMIT 2",
+        ["ledger"],
+    ),
     "group_keyless": (
         "SELECT kind, count(*), count(v) AS nv, sum(v), avg(v) FROM events GROUP BY kind",
         ["events"],
