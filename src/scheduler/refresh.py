@@ -669,20 +669,18 @@ class Refresher:
         return visible_window(snapshot, frontier)
 
     def _check_equal(self, st: StreamTable) -> None:
-        extra, missing = differences(self.conn, st)
-        if extra or missing:
-            raise RefreshMismatch(
-                f'stream table "{st.display_name}" differs from its query after a refresh',
-                detail=f"{extra} extra rows, {missing} missing rows",
-                hint="this is a bug in pgtrickle: please report it with the stream table's query",
-            )
-        extra, missing = kept_differences(self.conn, st)
-        if extra or missing:
-            raise RefreshMismatch(
-                f'stream table "{st.display_name}": its kept aggregate differs from the query',
-                detail=f"{extra} extra rows, {missing} missing rows",
-                hint="this is a bug in pgtrickle: please report it with the stream table's query",
-            )
+        checked = (
+            ("differs from its query", differences(self.conn, st)),
+            ("its kept aggregate differs from the query", kept_differences(self.conn, st)),
+        )
+        for what, (extra, missing) in checked:
+            if extra or missing:
+                raise RefreshMismatch(
+                    f'stream table "{st.display_name}": {what} after a refresh',
+                    detail=f"{extra} extra rows, {missing} missing rows",
+                    hint="this is a bug in pgtrickle: please report it with the stream table's"
+                    " query",
+                )
 
     def _record(self, st: StreamTable, snapshot: str, result: RefreshResult) -> None:
         self.conn.execute(
@@ -706,20 +704,8 @@ def differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, in
     Values are compared as text: stricter than equality (1.5 and 1.50 differ, as they do on
     the screen), and it works for json, xml and point, which have no equality operator.
     """
-    names = st.plan.user_columns
-    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names)
-    query = sql.SQL(st.plan.query)  # the compiler's normalized text
-    outputs = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-    row = conn.execute(
-        sql.SQL(
-            "SELECT (SELECT count(*) FROM (SELECT {t} FROM {st} EXCEPT ALL"
-            " SELECT {t} FROM ({q}) AS q({o})) a),"
-            " (SELECT count(*) FROM (SELECT {t} FROM ({q}) AS q({o}) EXCEPT ALL"
-            " SELECT {t} FROM {st}) b)"
-        ).format(t=as_text, st=st.qualified_name, q=query, o=outputs)
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+    # the compiler's normalized text
+    return _multiset_differences(conn, st.qualified_name, st.plan.user_columns, st.plan.query)
 
 
 def kept_differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[int, int]:
@@ -729,18 +715,25 @@ def kept_differences(conn: psycopg.Connection[Any], st: StreamTable) -> tuple[in
     kept = st.plan.kept
     if kept is None:
         return 0, 0
-    names = [ROW_ID, *kept.columns]
-    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names)
     table = sql.Identifier(*kept.table)
+    return _multiset_differences(conn, table, (ROW_ID, *kept.columns), kept.storage_query)
+
+
+def _multiset_differences(
+    conn: psycopg.Connection[Any], table: sql.Composable, names: Sequence[str], query: str
+) -> tuple[int, int]:
+    """(rows only in ``table``, rows only in ``query``), its columns ``names``, as text."""
+    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names)
+    outputs = sql.SQL(", ").join(sql.Identifier(c) for c in names)
     # rendered by the compiler from the parsed query, never the text the user wrote
-    query = sql.SQL(kept.storage_query)
+    computed = sql.SQL(query)
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT count(*) FROM (SELECT {t} FROM {k} EXCEPT ALL"
-            " SELECT {t} FROM ({q}) AS q) a),"
-            " (SELECT count(*) FROM (SELECT {t} FROM ({q}) AS q EXCEPT ALL"
-            " SELECT {t} FROM {k}) b)"
-        ).format(t=as_text, k=table, q=query)
+            "SELECT (SELECT count(*) FROM (SELECT {t} FROM {st} EXCEPT ALL"
+            " SELECT {t} FROM ({q}) AS q({o})) a),"
+            " (SELECT count(*) FROM (SELECT {t} FROM ({q}) AS q({o}) EXCEPT ALL"
+            " SELECT {t} FROM {st}) b)"
+        ).format(t=as_text, st=table, q=computed, o=outputs)
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
