@@ -37,7 +37,6 @@ from dvm import aggregate, consolidate, full, kept, sql, topk
 from dvm.catalog import CatalogFacts, SourceTable
 from dvm.dialect import parse_statements, render
 from dvm.errors import InvalidQuery, UnsupportedQuery
-from dvm.kept import keeps, kept_table
 from dvm.operators import Aggregate, Relation, TopK
 from dvm.plan import ApplyStrategy, DeltaPlan, RefreshMode
 from dvm.reason import Reason, summary
@@ -159,10 +158,10 @@ def _differential(
         delta_query: exp.Query = aggregate.delta_query(root, input, context, storage)
         strategy = ApplyStrategy.KEYED
         hidden = (ROW_ID, *aggregate.aux_columns(root))
-    elif keeps(root):
+    elif kept.keeps(root):
         assert isinstance(root, TopK) and isinstance(root.input, Aggregate)
         grouped = root.input
-        table = kept_table(storage)
+        table = kept.kept_table(storage)
         input = rows(derive(grouped.input, context))
         delta_query = aggregate.delta_query(grouped, input, context, table)
         strategy = ApplyStrategy.KEYED

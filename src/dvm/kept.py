@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from dvm import apply, consolidate, sql
+from dvm.naming import identifier_name
 from dvm.operators import Aggregate, TopK
 from dvm.rules.limit import first_rows
 from dvm.zset import ROW_ID, WEIGHT
@@ -82,9 +83,8 @@ def order_columns(node: TopK) -> tuple[tuple[str, bool, bool], ...] | None:
     for item in node.order:
         if not isinstance(item.this, exp.Column) or item.this.table:
             return None
-        found.append(
-            (item.this.name, bool(item.args.get("desc")), bool(item.args.get("nulls_first")))
-        )
+        name = identifier_name(item.this.args["this"])
+        found.append((name, bool(item.args.get("desc")), bool(item.args.get("nulls_first"))))
     return tuple(found)
 
 

@@ -161,11 +161,11 @@ class DeltaPlan:
             raise ValueError("a plan that is not differentiable has no delta to apply")
         delta = parse_one(self.delta_query)
         assert isinstance(delta, exp.Query)
-        columns = [*self.user_columns, *self.aux_columns]
         if self.kept is not None:
             # the delta is the aggregate's, applied to the kept table
-            columns = [*self.kept.columns, *self.kept.aux_columns]
-            return render(apply.merge(self.kept.table, delta, columns))
+            kept_columns = [*self.kept.columns, *self.kept.aux_columns]
+            return render(apply.merge(self.kept.table, delta, kept_columns))
+        columns = [*self.user_columns, *self.aux_columns]
         if self.apply_strategy is ApplyStrategy.KEYED:
             return render(apply.merge(self.storage, delta, columns))
         guard = GUARD if self.guard_query is not None else None

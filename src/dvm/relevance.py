@@ -37,6 +37,8 @@ the other type's range; the query itself evaluates it on every row it reads.)
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -119,7 +121,6 @@ class _Visit:
 
     unchanged: frozenset[int]
     found: dict[int, list[_Occurrence]] = field(default_factory=dict)
-    aliases: int = 0
 
     def of(self, tree: Operator) -> dict[int, list[_Occurrence]]:
         self.visit(tree, [], [])
@@ -158,10 +159,6 @@ class _Visit:
             for child in children(node):
                 self.visit(child, [], [])
 
-    def alias(self) -> str:
-        self.aliases += 1
-        return f"__pgt_r{self.aliases}"
-
     def join_reducers(self, node: InnerJoin, on: list[exp.Expr]) -> list[exp.In]:
         """For each scan of a changed source among the join's inputs and each equality
         with a scan of an unchanged one: ``alias.column IN (that one's values)``, the
@@ -183,8 +180,10 @@ class _Visit:
             edges.setdefault(one.table, []).append((one.name, two.table, two.name))
             edges.setdefault(two.table, []).append((two.name, one.table, one.name))
 
-        def values(partner: str, column: str, visited: frozenset[str]) -> exp.Select | None:
-            own = self.alias()
+        def values(
+            partner: str, column: str, visited: frozenset[str], aliases: Iterator[str]
+        ) -> exp.Select | None:
+            own = next(aliases)
             conditions = [
                 _renamed(implied, partner, own)
                 for c in on
@@ -192,7 +191,7 @@ class _Visit:
             ]
             for mine, other, theirs in edges.get(partner, []):
                 if other in kept and other not in visited:
-                    inner = values(other, theirs, visited | {other})
+                    inner = values(other, theirs, visited | {other}, aliases)
                     if inner is not None:
                         conditions.append(exp.In(this=sql.col(own, mine), query=inner.subquery()))
             if not conditions:
@@ -210,8 +209,8 @@ class _Visit:
                 continue
             for mine, other, theirs in edges.get(alias, []):
                 if other in kept:
-                    self.aliases = 0  # a reducer's aliases need only differ from each other
-                    keys = values(other, theirs, frozenset({alias, other}))
+                    # a reducer's aliases need only differ from each other
+                    keys = values(other, theirs, frozenset({alias, other}), _aliases())
                     if keys is not None:
                         reducers.append(exp.In(this=sql.col(alias, mine), query=keys.subquery()))
         return reducers
@@ -246,8 +245,7 @@ class _Visit:
                 value = outputs.get(theirs.name)
                 if value is None or not _reads_only(value, below.alias):
                     continue
-                self.aliases = 0
-                own = self.alias()
+                own = next(_aliases())
                 conditions = [
                     _renamed(implied, below.alias, own)
                     for c in predicates
@@ -260,6 +258,11 @@ class _Visit:
                     query = query.where(exp.and_(*conditions, copy=False), copy=False)
                 reducers.append(exp.In(this=sql.col(mine.table, mine.name), query=query.subquery()))
         return reducers
+
+
+def _aliases() -> Iterator[str]:
+    """Aliases for the tables of one reducer's subqueries."""
+    return (f"__pgt_r{n}" for n in itertools.count(1))
 
 
 def _renamed(expression: exp.Expr, alias: str, to: str) -> exp.Expr:
@@ -279,7 +282,7 @@ def _own(scan: Scan, pushed: list[exp.Expr], reducing: list[exp.In]) -> _Occurre
     implied = [found for c in pushed if (found := _implied(c, scan.alias)) is not None]
     bare = [c.transform(_bare, copy=False) for c in implied]
     reducers = [
-        exp.In(this=sql.col(None, r.this.name), query=r.args["query"].copy())
+        exp.In(this=_bare(r.this.copy()), query=r.args["query"].copy())
         for r in reducing
         if r.this.table == scan.alias
     ]
@@ -368,19 +371,17 @@ def _constant(node: exp.Expr) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def bound(
-    condition: str, alias: str, columns: tuple[tuple[str, str], ...], *, hashed: bool = False
-) -> str | None:
+def bound(condition: str, alias: str, columns: tuple[tuple[str, str], ...]) -> str | None:
     """``condition`` (from ``relevant_rows``) with each bare column read as
     ``alias.<its name in columns>`` (pairs of a source column and what holds it); None when
     it reads a column that ``columns`` does not hold.
 
-    ``hashed``: each test of a column against a subquery (``reduced_rows``) in a form the
-    planner cannot turn into a join, so that it runs the subquery once and looks every row
-    up in a hash of its values (``coalesce(x IN (...), false)``, the same truth value in a
-    condition), instead of probing the subquery's table once per row: cheaper for many
-    rows (6,000 lineitems of TPC-H Q17 against its 200 parts of a brand in a container:
-    one scan of part instead of 6,000 probes).
+    A test of a column against a subquery (``reduced_rows``) is written in a form the
+    planner cannot turn into a join (``coalesce(x IN (...), false)``, the same truth value
+    in a condition): it runs the subquery once and looks every row up in a hash of its
+    values. Its estimate of the netted rows is no guide (the buffers' statistics say little
+    of a window), and as a join it probed the partner once per row: 6,000 lineitems of TPC-H
+    Q17 against the 200 parts of a brand in a container, 45 ms against 25 for one scan.
 
     >>> bound('"d" > 1 AND "v" IS NULL', "b", (("d", "n2"), ("v", "n3")))
     '"b"."n2" > 1 AND "b"."n3" IS NULL'
@@ -402,8 +403,7 @@ def bound(
             return exp.Coalesce(this=node.copy(), expressions=[exp.false()])
         return node
 
-    if hashed:
-        parsed = parsed.transform(hash_tests, copy=False)
+    parsed = parsed.transform(hash_tests, copy=False)
     return render(parsed.transform(rebind, copy=False))
 
 
@@ -423,13 +423,14 @@ def parse_condition(condition: str) -> exp.Expr:
     return where.this
 
 
-def partner_queries(condition: str) -> list[tuple[str, tuple[str, str]]]:
+@functools.lru_cache(maxsize=1024)
+def partner_queries(condition: str) -> tuple[tuple[str, tuple[str, str]], ...]:
     """The subqueries of a ``reduced_rows`` condition that test the source's own columns,
     with the table each reads (schema, name): how selective they are tells whether the
     condition is worth its cost.
 
     >>> partner_queries('"a" > 1 AND "k" IN (SELECT "r"."id" FROM "public"."p" AS "r")')
-    [('SELECT "r"."id" FROM "public"."p" AS "r"', ('public', 'p'))]
+    (('SELECT "r"."id" FROM "public"."p" AS "r"', ('public', 'p')),)
     """
     found = []
     for test in parse_condition(condition).find_all(exp.In):
@@ -441,23 +442,25 @@ def partner_queries(condition: str) -> list[tuple[str, tuple[str, str]]]:
         if table is None:
             continue
         found.append((render(select), (table.db, table.name)))
-    return found
+    return tuple(found)
 
 
-def with_keys(condition: str, tables: dict[str, str]) -> str:
+@functools.lru_cache(maxsize=1024)
+def with_keys(condition: str, tables: tuple[tuple[str, str], ...]) -> str:
     """``condition`` with each subquery of ``partner_queries`` (by its text) replaced by a
     read of the table (``pg_temp``) that holds its values.
 
     >>> with_keys('"k" IN (SELECT "r"."id" FROM "public"."p" AS "r")',
-    ...           {'SELECT "r"."id" FROM "public"."p" AS "r"': "__pgt_keys_1"})
+    ...           (('SELECT "r"."id" FROM "public"."p" AS "r"', "__pgt_keys_1"),))
     '"k" IN (SELECT "__pgt_keys_1"."k" FROM "pg_temp"."__pgt_keys_1" AS "__pgt_keys_1")'
     """
+    by_query = dict(tables)
 
     def replace(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.In) and _tests_source(node):
             query = node.args["query"]
             select = query.this if isinstance(query, exp.Subquery) else query
-            table = tables.get(render(select))
+            table = by_query.get(render(select))
             if table is not None:
                 keys = exp.select(sql.col(table, "k")).from_(sql.table("pg_temp", table, table))
                 return exp.In(this=node.this.copy(), query=keys.subquery())
@@ -466,6 +469,7 @@ def with_keys(condition: str, tables: dict[str, str]) -> str:
     return render(parse_condition(condition).transform(replace, copy=False))
 
 
-def tables_read(query: str) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=1024)
+def tables_read(query: str) -> tuple[tuple[str, str], ...]:
     """(schema, name) of every table a partner query reads."""
-    return [(t.db, t.name) for t in parse_one(query).find_all(exp.Table)]
+    return tuple((t.db, t.name) for t in parse_one(query).find_all(exp.Table))

@@ -68,9 +68,9 @@ class PartnerKeys:
         tables: dict[str, str] = {}
         for query, _ in partner_queries(condition):
             read = [sources.get(table) for table in tables_read(query)]
-            oids = frozenset(oid for oid in read if oid is not None)
-            if len(oids) < len(read) and None in read:
+            if None in read:
                 return None
+            oids = frozenset(oid for oid in read if oid is not None)
             key = (st_id, query)
             values = self._values.get(key)
             if values is None:
@@ -81,7 +81,7 @@ class PartnerKeys:
                 self._fill(conn, key, values, query)
             self._used.add(key)
             tables[query] = values.table
-        return with_keys(condition, tables)
+        return with_keys(condition, tuple(tables.items()))
 
     def _fill(
         self, conn: psycopg.Connection[Any], key: tuple[int, str], values: _Values, query: str

@@ -92,21 +92,17 @@ def recompute(
     """Replace every row of ``target`` with the query's result (a FULL refresh); the kept
     table first, when the plan has one (the storage query reads it)."""
     if plan.kept is not None:
-        kept = kept_name(plan.kept)
+        kept = sql.Identifier(*plan.kept.table)
         conn.execute(sql.SQL("DELETE FROM {}").format(kept))
         _insert_computed(conn, kept, sql.SQL(plan.kept.storage_query), what=what)
     conn.execute(sql.SQL("DELETE FROM {}").format(target))
     return insert_all(conn, target, plan, what=what)
 
 
-def kept_name(kept: Kept) -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(kept.table[0]), sql.Identifier(kept.table[1]))
-
-
 def _create_kept(conn: psycopg.Connection[Any], kept: Kept, *, what: str) -> None:
     """The kept table, filled, with a unique index on its row ids (its deltas are MERGEd by
     them) and one in the TopK's order (the first rows are its first entries)."""
-    target = kept_name(kept)
+    target = sql.Identifier(*kept.table)
     # rendered by the compiler from the parsed query, never the text the user wrote
     query = sql.SQL(kept.storage_query)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
@@ -137,7 +133,7 @@ def _create_kept(conn: psycopg.Connection[Any], kept: Kept, *, what: str) -> Non
 def drop_kept(conn: psycopg.Connection[Any], plan: StoredPlan) -> None:
     """Drop the kept table of ``plan``, if it has one (with the stream table)."""
     if plan.kept is not None:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(kept_name(plan.kept)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*plan.kept.table)))
 
 
 def insert_all(

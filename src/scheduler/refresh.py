@@ -148,7 +148,6 @@ REDUCE_BELOW = 0.02
 """The share of an unchanged partner's rows below which staging keeps only the changed rows
 that can join one of them (see ``Refresher._reducing_partners``)."""
 
-
 COPY_CHUNK = 64 * 1024
 """Bytes of staged rows sent to the refresh session per write."""
 
@@ -558,7 +557,7 @@ class Refresher:
                 else:
                     reduced = None
                 if self._sees_all(seen, window, oid):
-                    query = staging_query(source, where, table.read, relevant, reduced, hashed=True)
+                    query = staging_query(source, where, table.read, relevant, reduced)
                     copied = self._stage_here(table, query)
                 else:
                     copied = self._relay(table, staging_query(source, where, table.read, relevant))
@@ -612,7 +611,7 @@ class Refresher:
 
     def _reduce(self, table: Staging, condition: str) -> int:
         """Delete the relayed rows that fail ``condition`` (at S); how many."""
-        statement = reduce_staging(table, condition, hashed=True)
+        statement = reduce_staging(table, condition)
         if statement is None:
             return 0
         return max(self.conn.execute(statement).rowcount, 0)

@@ -239,19 +239,17 @@ def staging_query(
     columns_read: Sequence[str] | None,
     relevant: str | None = None,
     reduced: str | None = None,
-    *,
-    hashed: bool = False,
 ) -> sql.Composed:
     """``_netted``, and with ``reduced`` (a condition with subqueries over other tables,
     ``dvm.relevance.reduced_rows``: which rows can matter at the snapshot of the statement)
     only its netted rows that meet it. The condition is tested once, on the netted rows (a
-    fence keeps the planner from pushing it into both scans); ``hashed``: its subqueries
-    each run once, their values hashed (see ``dvm.relevance.bound``)."""
+    fence keeps the planner from pushing it into both scans), and its subqueries each run
+    once, their values hashed (see ``dvm.relevance.bound``)."""
     netted = _netted(source, window, columns_read, relevant)
     if reduced is None:
         return netted
     read = _read_positions(source, columns_read)
-    text = bound(reduced, "s", tuple((source.columns[i], f"c{i}") for i in read), hashed=hashed)
+    text = bound(reduced, "s", tuple((source.columns[i], f"c{i}") for i in read))
     if text is None:
         return netted
     names = sql.SQL(", ").join([sql.Identifier(WEIGHT), *(sql.Identifier(f"c{i}") for i in read)])
@@ -452,12 +450,12 @@ def insert_into_staging(table: Staging, query: sql.Composable) -> sql.Composed:
     return sql.SQL("INSERT INTO {} ({}) {}").format(table.name, table.columns, query)
 
 
-def reduce_staging(table: Staging, condition: str, *, hashed: bool = False) -> sql.Composed | None:
+def reduce_staging(table: Staging, condition: str) -> sql.Composed | None:
     """``DELETE`` of the staged rows that fail ``condition`` (``staging_query``'s
-    ``reduced``, ``hashed`` alike) from the temp table (none when it reads a column the
-    table does not stage)."""
+    ``reduced``) from the temp table (none when it reads a column the table does not
+    stage)."""
     columns = staged_columns(table.source, table.read)[1:]
-    text = bound(condition, "d", tuple((c, c) for c in columns), hashed=hashed)
+    text = bound(condition, "d", tuple((c, c) for c in columns))
     if text is None:
         return None
     # rendered by the compiler from a parsed condition, never text the user wrote

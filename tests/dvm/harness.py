@@ -273,14 +273,16 @@ class Maintained:
         """Staged rows dropped by the conditions over unchanged sources (``_reduce``)."""
         kept = self.plan.kept
         if kept is not None:
-            # the stream table's storage query reads the kept aggregate: made first
+            # the stream table's storage query reads the kept aggregate: made first, in
+            # place of one a stream table of the same name left (as apply does)
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(kept.table[0]))
             )
             conn.execute(
-                sql.SQL("CREATE TABLE {0} AS {1} WITH NO DATA; INSERT INTO {0} {1}").format(
-                    sql.Identifier(*kept.table), sql.SQL(kept.storage_query)
-                )
+                sql.SQL(
+                    "DROP TABLE IF EXISTS {0}; CREATE TABLE {0} AS {1} WITH NO DATA;"
+                    " INSERT INTO {0} {1}"
+                ).format(sql.Identifier(*kept.table), sql.SQL(kept.storage_query))
             )
         conn.execute(
             sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
